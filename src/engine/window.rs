@@ -1,0 +1,611 @@
+//! Windows and the accumulators behind them. A [`Samples`] store records one
+//! scope's marks (response samples, orders, transfers…) for `today` and the
+//! last hour; a [`WindowAcc`] is one window's mergeable total, which turns
+//! into the protocol's [`WindowMetrics`].
+
+use std::collections::VecDeque;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::day::Day;
+
+/// Response times at or above this are recorded at this value (24 h).
+pub const MAX_TRACKED_MS: u64 = 86_400_000;
+/// Samples kept raw (exact percentiles) before spilling into a histogram.
+pub const RAW_LIMIT: usize = 512;
+/// The longest rolling window.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// A query window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Window {
+    /// The business day of `now`, midnight to midnight in the desk's zone.
+    #[serde(rename = "today")]
+    Today,
+    /// Rolling hour.
+    #[serde(rename = "1h")]
+    Hour,
+    /// Rolling 15 minutes.
+    #[serde(rename = "15m")]
+    Min15,
+    /// Rolling 5 minutes.
+    #[serde(rename = "5m")]
+    Min5,
+}
+
+impl Window {
+    /// Every window, `today` first.
+    pub const ALL: [Window; 4] = [Window::Today, Window::Hour, Window::Min15, Window::Min5];
+
+    /// Parses `today`, `1h`, `15m`, `5m`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "today" => Self::Today,
+            "1h" => Self::Hour,
+            "15m" => Self::Min15,
+            "5m" => Self::Min5,
+            _ => return None,
+        })
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Today => "today",
+            Self::Hour => "1h",
+            Self::Min15 => "15m",
+            Self::Min5 => "5m",
+        }
+    }
+
+    /// Length of a rolling window in ms; `None` for `today`.
+    pub fn rolling_ms(self) -> Option<i64> {
+        match self {
+            Self::Today => None,
+            Self::Hour => Some(HOUR_MS),
+            Self::Min15 => Some(15 * 60_000),
+            Self::Min5 => Some(5 * 60_000),
+        }
+    }
+}
+
+/// The `ts` range a window covers at some `now`, both ends inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    /// Earliest ts inside.
+    pub lo: i64,
+    /// Latest ts inside.
+    pub hi: i64,
+}
+
+impl Range {
+    /// The range of `window` at `now`, given the day of `now`.
+    pub fn of(window: Window, now: i64, today: Day) -> Self {
+        match window.rolling_ms() {
+            None => Range {
+                lo: today.start_ms,
+                hi: today.end_ms - 1,
+            },
+            // (now - W, now]; events stamped slightly ahead of the server
+            // clock count as current.
+            Some(w) => Range {
+                lo: now.saturating_sub(w) + 1,
+                hi: i64::MAX,
+            },
+        }
+    }
+
+    /// Whether `ts` is inside.
+    pub fn contains(&self, ts: i64) -> bool {
+        ts >= self.lo && ts <= self.hi
+    }
+}
+
+/// A distribution of response times: exact while small, an HdrHistogram
+/// (1 ms .. 24 h, 2 significant figures, u32 counts) once large.
+#[derive(Debug, Clone, Default)]
+pub struct Dist {
+    raw: Vec<u32>,
+    hist: Option<Box<Histogram<u32>>>,
+}
+
+fn new_hist() -> Box<Histogram<u32>> {
+    Box::new(
+        Histogram::new_with_bounds(1, MAX_TRACKED_MS, 2)
+            .expect("static bounds 1..24h with 2 significant figures are valid"),
+    )
+}
+
+impl Dist {
+    /// Records one sample in ms (saturating at 24 h).
+    pub fn record(&mut self, ms: u64) {
+        let ms = ms.min(MAX_TRACKED_MS);
+        match &mut self.hist {
+            Some(h) => h.saturating_record(ms),
+            None => {
+                self.raw.push(ms as u32);
+                if self.raw.len() > RAW_LIMIT {
+                    self.spill();
+                }
+            }
+        }
+    }
+
+    fn spill(&mut self) {
+        let h = self.hist.get_or_insert_with(new_hist);
+        for v in self.raw.drain(..) {
+            h.saturating_record(u64::from(v));
+        }
+        self.raw = Vec::new();
+    }
+
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &Dist) {
+        if let Some(oh) = &other.hist {
+            if self.hist.is_none() {
+                self.spill();
+            }
+            let h = self.hist.as_mut().expect("spilled above");
+            h.add(&**oh).expect("all histograms share the same bounds");
+        }
+        for &v in &other.raw {
+            self.record(u64::from(v));
+        }
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> u64 {
+        self.raw.len() as u64 + self.hist.as_ref().map_or(0, |h| h.len())
+    }
+
+    /// True when no sample is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Nearest-rank quantiles (`ceil(q·n)`-th smallest sample), in ms.
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> [Option<u64>; N] {
+        let n = self.len();
+        if n == 0 {
+            return [None; N];
+        }
+        match &self.hist {
+            None => {
+                let mut sorted = self.raw.clone();
+                sorted.sort_unstable();
+                qs.map(|q| {
+                    let rank = ((q * n as f64).ceil() as usize).clamp(1, sorted.len());
+                    Some(u64::from(sorted[rank - 1]))
+                })
+            }
+            Some(h) => qs.map(|q| Some(h.median_equivalent(h.value_at_quantile(q)))),
+        }
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.raw.capacity() * 4
+            + self
+                .hist
+                .as_ref()
+                .map_or(0, |h| std::mem::size_of::<Histogram<u32>>() + h.distinct_values() * 4)
+    }
+
+    /// The samples as counts per bucket `[from_ms, to_ms)` of the given edges.
+    pub fn buckets(&self, edges_ms: &[u64]) -> Vec<u64> {
+        let mut counts = vec![0u64; edges_ms.len().saturating_sub(1)];
+        let mut put = |v: u64, c: u64| {
+            if let Some(i) = edges_ms.windows(2).position(|w| v >= w[0] && v < w[1]) {
+                counts[i] += c;
+            } else if let Some(last) = counts.last_mut() {
+                *last += c;
+            }
+        };
+        for &v in &self.raw {
+            put(u64::from(v), 1);
+        }
+        if let Some(h) = &self.hist {
+            for it in h.iter_recorded() {
+                put(h.median_equivalent(it.value_iterated_to()), it.count_at_value().into());
+            }
+        }
+        counts
+    }
+}
+
+/// Additive counters of one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Response samples.
+    pub responses: u64,
+    /// Sum of response samples, ms.
+    pub response_sum_ms: u64,
+    /// Largest response sample, ms.
+    pub max_ms: Option<u64>,
+    /// First-response samples.
+    pub first_responses: u64,
+    /// Sum of first-response samples, ms.
+    pub first_response_sum_ms: u64,
+    /// Samples above `norm_ms`.
+    pub slow_responses: u64,
+    /// Auto-replies sent.
+    pub auto_replies: u64,
+    /// Conversations transferred to the agent.
+    pub transfers_in: u64,
+    /// Conversations transferred away from the agent.
+    pub transfers_out: u64,
+    /// Orders credited.
+    pub orders: u64,
+    /// Sum of credited orders, fen.
+    pub sales_fen: u64,
+    /// Orders with no agent to credit (shop level).
+    pub silent_orders: u64,
+    /// Sum of silent orders, fen.
+    pub silent_sales_fen: u64,
+}
+
+impl Tally {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, o: &Tally) {
+        self.responses += o.responses;
+        self.response_sum_ms += o.response_sum_ms;
+        self.max_ms = self.max_ms.max(o.max_ms);
+        self.first_responses += o.first_responses;
+        self.first_response_sum_ms += o.first_response_sum_ms;
+        self.slow_responses += o.slow_responses;
+        self.auto_replies += o.auto_replies;
+        self.transfers_in += o.transfers_in;
+        self.transfers_out += o.transfers_out;
+        self.orders += o.orders;
+        self.sales_fen += o.sales_fen;
+        self.silent_orders += o.silent_orders;
+        self.silent_sales_fen += o.silent_sales_fen;
+    }
+
+    fn add(&mut self, mark: &Mark) {
+        match mark.kind {
+            MarkKind::Response { first, slow } => {
+                self.responses += 1;
+                self.response_sum_ms += mark.value;
+                self.max_ms = self.max_ms.max(Some(mark.value));
+                if first {
+                    self.first_responses += 1;
+                    self.first_response_sum_ms += mark.value;
+                }
+                if slow {
+                    self.slow_responses += 1;
+                }
+            }
+            MarkKind::AutoReply => self.auto_replies += 1,
+            MarkKind::TransferIn => self.transfers_in += 1,
+            MarkKind::TransferOut => self.transfers_out += 1,
+            MarkKind::Order => {
+                self.orders += 1;
+                self.sales_fen += mark.value;
+            }
+            MarkKind::SilentOrder => {
+                self.silent_orders += 1;
+                self.silent_sales_fen += mark.value;
+            }
+        }
+    }
+}
+
+/// What a [`Mark`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MarkKind {
+    /// A response sample; `value` is ms.
+    Response {
+        /// The conversation's first response.
+        first: bool,
+        /// Above the scope's `norm_ms`.
+        slow: bool,
+    },
+    /// An auto-reply.
+    AutoReply,
+    /// A transfer to the agent.
+    TransferIn,
+    /// A transfer away from the agent.
+    TransferOut,
+    /// A credited order; `value` is fen.
+    Order,
+    /// A silent order; `value` is fen.
+    SilentOrder,
+}
+
+/// One countable happening at `ts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// Event time, ms.
+    pub ts: i64,
+    /// What it counts.
+    pub kind: MarkKind,
+    /// ms for responses, fen for orders, 0 otherwise.
+    pub value: u64,
+}
+
+/// One day's tally and distribution.
+#[derive(Debug, Clone, Default)]
+pub struct DaySlot {
+    /// Start of the day (ms); the slot is empty when `None`.
+    pub day_start: Option<i64>,
+    /// Counters.
+    pub tally: Tally,
+    /// Response-time distribution.
+    pub dist: Dist,
+}
+
+/// The marks of one scope: today's (and the day before's) tallies, and the
+/// exact marks of the last hour, sorted by `ts`.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    days: [DaySlot; 2],
+    recent: VecDeque<Mark>,
+}
+
+impl Samples {
+    /// Records `mark`, which falls on `day`; `now` prunes the rolling part.
+    pub fn record(&mut self, mark: Mark, day: Day, now: i64) {
+        if let Some(slot) = self.slot_for(day) {
+            slot.tally.add(&mark);
+            if let MarkKind::Response { .. } = mark.kind {
+                slot.dist.record(mark.value);
+            }
+        }
+        if mark.ts > now - HOUR_MS {
+            let at = match self.recent.back() {
+                Some(last) if last.ts > mark.ts => self.recent.partition_point(|m| m.ts <= mark.ts),
+                _ => self.recent.len(),
+            };
+            self.recent.insert(at, mark);
+        }
+        self.prune(now);
+    }
+
+    fn slot_for(&mut self, day: Day) -> Option<&mut DaySlot> {
+        let [older, newer] = &mut self.days;
+        match (older.day_start, newer.day_start) {
+            (_, Some(s)) if s == day.start_ms => Some(newer),
+            (Some(s), _) if s == day.start_ms => Some(older),
+            (_, Some(s)) if s > day.start_ms => None, // a late event for a past day
+            _ => {
+                // A new day: the newer slot becomes the older one.
+                *older = std::mem::take(newer);
+                newer.day_start = Some(day.start_ms);
+                Some(newer)
+            }
+        }
+    }
+
+    /// Drops rolling marks older than an hour before `now`.
+    pub fn prune(&mut self, now: i64) {
+        while self.recent.front().is_some_and(|m| m.ts <= now - HOUR_MS) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Adds this store's part of `window` at `now` into `acc`.
+    pub fn add_to(&self, acc: &mut WindowAcc, window: Window, range: Range, today: Day) {
+        match window {
+            Window::Today => {
+                if let Some(slot) = self.days.iter().find(|s| s.day_start == Some(today.start_ms)) {
+                    acc.tally.merge(&slot.tally);
+                    acc.dist.merge(&slot.dist);
+                }
+            }
+            _ => {
+                let from = self.recent.partition_point(|m| m.ts < range.lo);
+                for mark in self.recent.range(from..) {
+                    acc.tally.add(mark);
+                    if let MarkKind::Response { .. } = mark.kind {
+                        acc.dist.record(mark.value);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Count and sum (ms) of response samples with `ts >= lo`.
+    pub fn responses_since(&self, lo: i64) -> (u64, u64) {
+        let from = self.recent.partition_point(|m| m.ts < lo);
+        self.recent
+            .range(from..)
+            .filter(|m| matches!(m.kind, MarkKind::Response { .. }))
+            .fold((0, 0), |(n, s), m| (n + 1, s + m.value))
+    }
+
+    /// Time of the latest rolling mark, if any.
+    pub fn latest_ts(&self) -> Option<i64> {
+        self.recent.back().map(|m| m.ts)
+    }
+
+    /// Rolling marks, oldest first.
+    pub fn recent(&self) -> impl Iterator<Item = &Mark> {
+        self.recent.iter()
+    }
+
+    /// Response distribution of the day starting at `day_start`.
+    pub fn day_dist(&self, day_start: i64) -> Option<&Dist> {
+        self.days
+            .iter()
+            .find(|s| s.day_start == Some(day_start))
+            .map(|s| &s.dist)
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.recent.capacity() * std::mem::size_of::<Mark>()
+            + self.days.iter().map(|d| d.dist.heap_bytes()).sum::<usize>()
+    }
+
+    /// The day slots, for snapshots.
+    pub fn days(&self) -> &[DaySlot; 2] {
+        &self.days
+    }
+}
+
+/// Customer counts of one window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerCounts {
+    /// 接待人数.
+    pub customers: u64,
+    /// Of those, the ones replied to.
+    pub replied_customers: u64,
+    /// Of those, the ones with a credited order.
+    pub paying_customers: u64,
+    /// Distinct customers with a credited order (the 客单价 denominator).
+    pub buyers: u64,
+}
+
+impl CustomerCounts {
+    /// Adds `o` into `self`.
+    pub fn merge(&mut self, o: &CustomerCounts) {
+        self.customers += o.customers;
+        self.replied_customers += o.replied_customers;
+        self.paying_customers += o.paying_customers;
+        self.buyers += o.buyers;
+    }
+}
+
+/// One window's mergeable total over any set of scopes.
+#[derive(Debug, Clone, Default)]
+pub struct WindowAcc {
+    /// Additive counters.
+    pub tally: Tally,
+    /// Customer counts.
+    pub customers: CustomerCounts,
+    /// Response-time distribution.
+    pub dist: Dist,
+}
+
+impl WindowAcc {
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &WindowAcc) {
+        self.tally.merge(&other.tally);
+        self.customers.merge(&other.customers);
+        self.dist.merge(&other.dist);
+    }
+
+    /// The protocol's metrics.
+    pub fn metrics(&self) -> WindowMetrics {
+        let t = &self.tally;
+        let c = &self.customers;
+        let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
+        let [p50, p90, p99] = self.dist.quantiles([0.5, 0.9, 0.99]);
+        // Histogram buckets can round above the exact max; never report that.
+        let cap = |p: Option<u64>| p.map(|v| t.max_ms.map_or(v, |m| v.min(m)));
+        WindowMetrics {
+            responses: t.responses,
+            avg_response_ms: ratio(t.response_sum_ms, t.responses),
+            p50_ms: cap(p50),
+            p90_ms: cap(p90),
+            p99_ms: cap(p99),
+            max_ms: t.max_ms,
+            first_responses: t.first_responses,
+            avg_first_response_ms: ratio(t.first_response_sum_ms, t.first_responses),
+            slow_responses: t.slow_responses,
+            customers: c.customers,
+            replied_customers: c.replied_customers,
+            reply_rate: ratio(c.replied_customers, c.customers),
+            orders: t.orders,
+            sales_fen: t.sales_fen,
+            paying_customers: c.paying_customers,
+            conversion_rate: ratio(c.paying_customers, c.customers),
+            avg_order_fen: ratio(t.sales_fen, c.buyers),
+            auto_replies: t.auto_replies,
+            transfers_in: t.transfers_in,
+            transfers_out: t.transfers_out,
+        }
+    }
+}
+
+/// The protocol's per-window metrics (PROTOCOL.md §3).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowMetrics {
+    pub responses: u64,
+    pub avg_response_ms: Option<f64>,
+    pub p50_ms: Option<u64>,
+    pub p90_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+    pub first_responses: u64,
+    pub avg_first_response_ms: Option<f64>,
+    pub slow_responses: u64,
+    pub customers: u64,
+    pub replied_customers: u64,
+    pub reply_rate: Option<f64>,
+    pub orders: u64,
+    pub sales_fen: u64,
+    pub paying_customers: u64,
+    pub conversion_rate: Option<f64>,
+    pub avg_order_fen: Option<f64>,
+    pub auto_replies: u64,
+    pub transfers_in: u64,
+    pub transfers_out: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles_exact_while_small() {
+        let mut d = Dist::default();
+        for v in [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000] {
+            d.record(v);
+        }
+        assert_eq!(d.quantiles([0.5, 0.9, 0.99]), [Some(5000), Some(9000), Some(10000)]);
+    }
+
+    #[test]
+    fn histogram_percentiles_within_one_percent_or_100ms() {
+        let mut d = Dist::default();
+        let mut exact = Vec::new();
+        let mut x: u64 = 12345;
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let v = (x >> 33) % 300_000;
+            d.record(v);
+            exact.push(v);
+        }
+        assert!(d.hist.is_some(), "spilled into the histogram");
+        exact.sort_unstable();
+        for q in [0.5, 0.9, 0.99] {
+            let want = exact[((q * exact.len() as f64).ceil() as usize) - 1];
+            let got = d.quantiles([q])[0].unwrap();
+            let tol = (want as f64 * 0.01).max(100.0);
+            assert!((got as f64 - want as f64).abs() <= tol, "q={q} got={got} want={want}");
+        }
+    }
+
+    #[test]
+    fn absurd_value_saturates_without_growing_memory() {
+        let mut d = Dist::default();
+        for v in 0..600 {
+            d.record(v * 100);
+        }
+        let before = d.heap_bytes();
+        d.record(u64::MAX / 2);
+        d.record(1_700_000_000_000);
+        assert_eq!(d.heap_bytes(), before);
+        assert_eq!(d.len(), 602);
+    }
+
+    #[test]
+    fn merge_of_raw_and_histogram_keeps_every_sample() {
+        let mut a = Dist::default();
+        let mut b = Dist::default();
+        for v in 0..600 {
+            a.record(v);
+        }
+        for v in 0..10 {
+            b.record(v);
+        }
+        let mut m = b.clone();
+        m.merge(&a);
+        assert_eq!(m.len(), 610);
+        a.merge(&b);
+        assert_eq!(a.len(), 610);
+    }
+}

@@ -1,0 +1,3 @@
+//! The HTTP surface: REST queries, auth and scope, static dashboards.
+
+pub mod auth;
