@@ -363,7 +363,9 @@ pub struct Engine {
     /// (deadline, shop, agent): re-check `customer_waiting` at the deadline.
     wait_deadlines: BTreeSet<(i64, ShopId, AgentId)>,
     /// Partials whose 15m average may change as time passes.
-    slow_watch: HashSet<(ShopId, AgentId)>,
+    slow_watch: BTreeSet<(ShopId, AgentId)>,
+    /// Partials whose waits changed during the current `apply`.
+    touched: Vec<(ShopId, AgentId)>,
     dirty_agents: HashSet<AgentId>,
     dirty_shops: HashSet<ShopId>,
     last_sweep_s: i64,
@@ -384,7 +386,8 @@ impl Engine {
             agents: HashMap::new(),
             alerts: AlertBook::default(),
             wait_deadlines: BTreeSet::new(),
-            slow_watch: HashSet::new(),
+            slow_watch: BTreeSet::new(),
+            touched: Vec::new(),
             dirty_agents: HashSet::new(),
             dirty_shops: HashSet::new(),
             last_sweep_s: i64::MIN,
@@ -463,6 +466,15 @@ impl Engine {
             EventKind::Flag { customer, .. } => self.flag(shop_id, customer),
             EventKind::OrderPaid { customer, amount, .. } => self.order(shop_id, customer, *amount, ts),
         }
+        // Rules see the event as a whole: a transfer and the reply in the
+        // same message never raise and resolve in one instant.
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort();
+        touched.dedup();
+        for (shop, agent) in touched.drain(..) {
+            self.check_waiting(&shop, &agent);
+        }
+        self.touched = touched;
         Applied::Accepted
     }
 
@@ -576,7 +588,7 @@ impl Engine {
             let p = self.partial(shop, &a);
             let m = p.marks.entry(customer.clone()).or_default();
             m.counted = m.counted.max(ts);
-            self.check_waiting(shop, &a);
+            self.touched.push((shop.clone(), a));
         }
     }
 
@@ -615,7 +627,7 @@ impl Engine {
             let ms = (ts - start).max(0) as u64;
             let slow = ms > p.thresholds.norm_ms;
             self.record(shop, Some(agent), MarkKind::Response { first, slow }, ms, ts);
-            self.check_waiting(shop, agent);
+            self.touched.push((shop.clone(), agent.clone()));
             self.check_slow(shop, agent);
         }
     }
@@ -653,9 +665,9 @@ impl Engine {
         }
         if let Some(o) = old {
             self.dirty_agents.insert(o.clone());
-            self.check_waiting(shop, &o);
+            self.touched.push((shop.clone(), o));
         }
-        self.check_waiting(shop, agent);
+        self.touched.push((shop.clone(), agent.clone()));
     }
 
     fn close(&mut self, shop: &ShopId, conv: &ConversationId) {
@@ -679,7 +691,7 @@ impl Engine {
                 }
                 let a = a.clone();
                 self.dirty_agents.insert(a.clone());
-                self.check_waiting(shop, &a);
+                self.touched.push((shop.clone(), a));
             }
             None => {
                 if let Some(start) = c.wait_start {
@@ -708,7 +720,7 @@ impl Engine {
                         .waits
                         .remove(start);
                     self.dirty_agents.insert(a.clone());
-                    self.check_waiting(shop, &a);
+                    self.touched.push((shop.clone(), a));
                 }
                 None => s.queue.remove(start),
             }
@@ -819,15 +831,15 @@ impl Engine {
     /// Hourly clean-up: idle conversations, old marks, old alerts.
     fn maintain(&mut self) {
         let now = self.now;
-        let shop_ids: Vec<ShopId> = self.shops.keys().cloned().collect();
-        for shop in shop_ids {
+        for shop in self.shop_ids() {
             let s = self.shops.get_mut(&shop).expect("listed above");
-            let idle: Vec<ConversationId> = s
+            let mut idle: Vec<ConversationId> = s
                 .conversations
                 .iter()
                 .filter(|(_, c)| c.last_ts <= now - CONVERSATION_IDLE_MS)
                 .map(|(id, _)| id.clone())
                 .collect();
+            idle.sort();
             for conv in idle {
                 self.close(&shop, &conv);
             }
@@ -846,6 +858,13 @@ impl Engine {
             });
             s.samples.prune(now);
         }
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort();
+        touched.dedup();
+        for (shop, agent) in touched.drain(..) {
+            self.check_waiting(&shop, &agent);
+        }
+        self.touched = touched;
         self.alerts.prune(now);
     }
 

@@ -1,1 +1,738 @@
+//! One test per rule of PROTOCOL.md §3 and §4, named after the rule.
 
+use super::*;
+use crate::protocol::{FlagReason, OrderId};
+
+/// 2025-11-11 10:00:00 in Shanghai.
+const T0: i64 = 1_762_826_400_000;
+const S: i64 = 1000;
+const MIN: i64 = 60 * S;
+
+struct Desk {
+    engine: Engine,
+    seq: u64,
+}
+
+fn settings(clock: Clock) -> Settings {
+    Settings {
+        clock,
+        ..Settings::default()
+    }
+}
+
+impl Desk {
+    fn new() -> Self {
+        Self::with(settings(Clock::Event))
+    }
+
+    fn with(settings: Settings) -> Self {
+        Self {
+            engine: Engine::new(Arc::new(settings)),
+            seq: 0,
+        }
+    }
+
+    fn send(&mut self, ts: i64, shop: &str, kind: EventKind) -> Applied {
+        self.seq += 1;
+        let event = Event {
+            id: format!("e{}", self.seq).as_str().into(),
+            ts,
+            shop: shop.into(),
+            kind,
+        };
+        self.engine.apply(&event)
+    }
+
+    fn customer(&mut self, ts: i64, conv: &str, customer: &str, agent: Option<&str>) {
+        self.customer_in("s1", ts, conv, customer, agent);
+    }
+
+    fn customer_in(&mut self, shop: &str, ts: i64, conv: &str, customer: &str, agent: Option<&str>) {
+        self.send(
+            ts,
+            shop,
+            EventKind::CustomerMessage {
+                conversation: conv.into(),
+                customer: customer.into(),
+                agent: agent.map(Into::into),
+            },
+        );
+    }
+
+    fn reply(&mut self, ts: i64, conv: &str, customer: &str, agent: &str) {
+        self.reply_in("s1", ts, conv, customer, agent, false);
+    }
+
+    fn auto_reply(&mut self, ts: i64, conv: &str, customer: &str, agent: &str) {
+        self.reply_in("s1", ts, conv, customer, agent, true);
+    }
+
+    fn reply_in(&mut self, shop: &str, ts: i64, conv: &str, customer: &str, agent: &str, auto: bool) {
+        self.send(
+            ts,
+            shop,
+            EventKind::AgentMessage {
+                conversation: conv.into(),
+                customer: customer.into(),
+                agent: agent.into(),
+                auto,
+            },
+        );
+    }
+
+    fn assign(&mut self, ts: i64, conv: &str, customer: &str, agent: &str, from: Option<&str>) {
+        self.send(
+            ts,
+            "s1",
+            EventKind::Assign {
+                conversation: conv.into(),
+                customer: customer.into(),
+                agent: agent.into(),
+                from_agent: from.map(Into::into),
+            },
+        );
+    }
+
+    fn close(&mut self, ts: i64, conv: &str) {
+        self.send(
+            ts,
+            "s1",
+            EventKind::Close {
+                conversation: conv.into(),
+            },
+        );
+    }
+
+    fn flag(&mut self, ts: i64, customer: &str) {
+        self.send(
+            ts,
+            "s1",
+            EventKind::Flag {
+                customer: customer.into(),
+                reason: FlagReason::Spam,
+            },
+        );
+    }
+
+    fn order(&mut self, ts: i64, customer: &str, amount: u64) {
+        self.send(
+            ts,
+            "s1",
+            EventKind::OrderPaid {
+                order: OrderId::new(&format!("o{}", self.seq)),
+                customer: customer.into(),
+                amount,
+            },
+        );
+    }
+
+    fn status(&mut self, ts: i64, shop: &str, agent: &str, status: AgentStatus) {
+        self.send(
+            ts,
+            shop,
+            EventKind::Status {
+                agent: agent.into(),
+                status,
+            },
+        );
+    }
+
+    fn stats(&self, agent: &str, window: Window) -> AgentStats {
+        self.engine
+            .agent_stats(&agent.into(), window, None)
+            .unwrap_or_else(|| panic!("agent {agent} unknown"))
+    }
+
+    fn today(&self, agent: &str) -> WindowMetrics {
+        self.stats(agent, Window::Today).metrics
+    }
+
+    fn alerts(&mut self) -> Vec<(Transition, Rule, Severity, String)> {
+        self.engine
+            .take_alert_changes()
+            .into_iter()
+            .map(|c| (c.event, c.alert.rule, c.alert.severity, c.alert.agent.to_string()))
+            .collect()
+    }
+}
+
+use alerts::Transition;
+
+#[test]
+fn wait_opens_at_first_counted_customer_message_and_later_ones_do_not_move_it() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.customer(T0 + 10 * S, "c1", "u1", None);
+    d.reply(T0 + 30 * S, "c1", "u1", "a1");
+    let m = d.today("a1");
+    assert_eq!(m.responses, 1);
+    assert_eq!(m.avg_response_ms, Some(30_000.0));
+}
+
+#[test]
+fn response_sample_is_reply_ts_minus_wait_start() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", None); // queued
+    d.assign(T0 + 5 * S, "c1", "u1", "a1", None);
+    d.reply(T0 + 12 * S, "c1", "u1", "a1");
+    assert_eq!(d.today("a1").max_ms, Some(12_000));
+}
+
+#[test]
+fn negative_response_clamps_to_zero() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.reply(T0 - 5 * S, "c1", "u1", "a1");
+    let m = d.today("a1");
+    assert_eq!(m.responses, 1);
+    assert_eq!(m.max_ms, Some(0));
+}
+
+#[test]
+fn sample_is_credited_to_the_agent_who_replied() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    // a2 answers: the message reassigns the conversation to a2 first.
+    d.reply(T0 + 20 * S, "c1", "u1", "a2");
+    assert_eq!(d.today("a1").responses, 0);
+    assert_eq!(d.today("a2").responses, 1);
+    assert_eq!(d.stats("a1", Window::Today).live.open_conversations, 0);
+    assert_eq!(d.stats("a2", Window::Today).live.open_conversations, 1);
+}
+
+#[test]
+fn close_drops_the_open_wait_unanswered() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.close(T0 + 10 * S, "c1");
+    d.reply(T0 + 20 * S, "c1", "u1", "a1");
+    let s = d.stats("a1", Window::Today);
+    assert_eq!(s.metrics.responses, 0);
+    assert_eq!(s.live.waiting, 0);
+}
+
+#[test]
+fn flagging_the_customer_drops_the_open_wait() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.flag(T0 + 10 * S, "u1");
+    d.reply(T0 + 20 * S, "c1", "u1", "a1");
+    assert_eq!(d.today("a1").responses, 0);
+    assert_eq!(d.stats("a1", Window::Today).live.waiting, 0);
+}
+
+#[test]
+fn agent_message_without_open_wait_makes_no_sample() {
+    let mut d = Desk::new();
+    d.reply(T0, "c1", "u1", "a1");
+    d.customer(T0 + S, "c1", "u1", None);
+    d.reply(T0 + 3 * S, "c1", "u1", "a1");
+    d.reply(T0 + 9 * S, "c1", "u1", "a1");
+    let m = d.today("a1");
+    assert_eq!(m.responses, 1);
+    assert_eq!(m.max_ms, Some(2000));
+}
+
+#[test]
+fn auto_replies_never_close_a_wait() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.auto_reply(T0 + S, "c1", "u1", "a1");
+    d.reply(T0 + 40 * S, "c1", "u1", "a1");
+    let m = d.today("a1");
+    assert_eq!(m.responses, 1);
+    assert_eq!(m.max_ms, Some(40_000));
+    assert_eq!(m.auto_replies, 1);
+}
+
+#[test]
+fn first_response_is_the_first_sample_of_each_conversation() {
+    let mut d = Desk::new();
+    for (conv, first_delay) in [("c1", 10), ("c2", 30)] {
+        d.customer(T0, conv, conv, Some("a1"));
+        d.reply(T0 + first_delay * S, conv, conv, "a1");
+        d.customer(T0 + 100 * S, conv, conv, None);
+        d.reply(T0 + 200 * S, conv, conv, "a1");
+    }
+    let m = d.today("a1");
+    assert_eq!(m.responses, 4);
+    assert_eq!(m.first_responses, 2);
+    assert_eq!(m.avg_first_response_ms, Some(20_000.0));
+}
+
+#[test]
+fn avg_response_ms_is_the_exact_mean() {
+    let mut d = Desk::new();
+    for (i, delay) in [1001, 2002, 3004].iter().enumerate() {
+        let conv = format!("c{i}");
+        d.customer(T0, &conv, "u", Some("a1"));
+        d.reply(T0 + delay, &conv, "u", "a1");
+    }
+    let m = d.today("a1");
+    assert_eq!(m.avg_response_ms, Some((1001.0 + 2002.0 + 3004.0) / 3.0));
+    assert!(d.today("a1").avg_response_ms.unwrap().fract() != 0.0);
+}
+
+#[test]
+fn percentiles_are_nearest_rank_within_tolerance() {
+    let mut d = Desk::new();
+    for i in 1..=100 {
+        let conv = format!("c{i}");
+        d.customer(T0, &conv, &conv, Some("a1"));
+        d.reply(T0 + i * S, &conv, &conv, "a1");
+    }
+    let m = d.today("a1");
+    assert_eq!(
+        (m.p50_ms, m.p90_ms, m.p99_ms, m.max_ms),
+        (Some(50_000), Some(90_000), Some(99_000), Some(100_000))
+    );
+}
+
+#[test]
+fn slow_responses_are_samples_above_norm() {
+    let mut d = Desk::new();
+    for (i, delay) in [60 * S, 60 * S + 1, 120 * S].iter().enumerate() {
+        let conv = format!("c{i}");
+        d.customer(T0, &conv, &conv, Some("a1"));
+        d.reply(T0 + delay, &conv, &conv, "a1");
+    }
+    assert_eq!(d.today("a1").slow_responses, 2);
+}
+
+#[test]
+fn customers_count_messages_while_assigned() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.customer(T0 + S, "c1", "u1", None);
+    d.customer(T0, "c2", "u2", Some("a1"));
+    assert_eq!(d.today("a1").customers, 2);
+}
+
+#[test]
+fn customers_count_an_open_wait_assigned_to_the_agent() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.assign(T0 + 10 * S, "c1", "u1", "a2", Some("a1")); // transfer with the wait open
+    let (a1, a2) = (d.today("a1"), d.today("a2"));
+    assert_eq!((a1.customers, a2.customers), (1, 1));
+    assert_eq!((a1.transfers_out, a2.transfers_in), (1, 1));
+    // A closed wait does not make a customer on assignment.
+    d.reply(T0 + 20 * S, "c1", "u1", "a2");
+    d.assign(T0 + 30 * S, "c1", "u1", "a3", Some("a2"));
+    assert_eq!(d.today("a3").customers, 0);
+}
+
+#[test]
+fn queued_customer_counts_for_nobody_until_assigned() {
+    let mut d = Desk::new();
+    d.status(T0, "s1", "a1", AgentStatus::Online);
+    d.customer(T0, "c1", "u1", None);
+    assert_eq!(d.today("a1").customers, 0);
+    let shop = d
+        .engine
+        .shop_acc(&"s1".into(), Window::Today)
+        .unwrap()
+        .1
+        .queue(T0 + 5 * S);
+    assert_eq!((shop.queued, shop.oldest_queued_ms), (1, 5000));
+}
+
+#[test]
+fn replied_customers_need_a_non_auto_message_in_the_window() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.auto_reply(T0 + S, "c1", "u1", "a1");
+    d.customer(T0, "c2", "u2", Some("a1"));
+    d.reply(T0 + S, "c2", "u2", "a1");
+    let m = d.today("a1");
+    assert_eq!((m.customers, m.replied_customers), (2, 1));
+    assert_eq!(m.reply_rate, Some(0.5));
+}
+
+#[test]
+fn reply_rate_is_null_without_customers() {
+    let mut d = Desk::new();
+    d.status(T0, "s1", "a1", AgentStatus::Online);
+    let m = d.today("a1");
+    assert_eq!(m.customers, 0);
+    assert_eq!(m.reply_rate, None);
+    assert_eq!(m.conversion_rate, None);
+    assert_eq!(m.avg_response_ms, None);
+}
+
+#[test]
+fn flagged_customer_leaves_customers_for_the_day_and_is_ignored_after() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.reply(T0 + S, "c1", "u1", "a1");
+    d.customer(T0, "c2", "u2", Some("a1"));
+    d.reply(T0 + S, "c2", "u2", "a1");
+    d.flag(T0 + 2 * S, "u1");
+    d.customer(T0 + 3 * S, "c1", "u1", Some("a1"));
+    let s = d.stats("a1", Window::Today);
+    assert_eq!((s.metrics.customers, s.metrics.replied_customers), (1, 1));
+    assert_eq!(s.live.waiting, 0, "the flagged customer's message opened no wait");
+    // The flag is per shop: the same id elsewhere is counted.
+    d.customer_in("s2", T0 + 4 * S, "c1", "u1", Some("a1"));
+    assert_eq!(d.today("a1").customers, 2);
+}
+
+#[test]
+fn order_is_credited_to_the_last_non_auto_sender_within_24h() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.reply(T0 + S, "c1", "u1", "a1");
+    d.reply(T0 + 2 * S, "c1", "u1", "a2"); // transfer by message
+    d.auto_reply(T0 + 3 * S, "c1", "u1", "a3");
+    d.order(T0 + 10 * S, "u1", 5000);
+    assert_eq!((d.today("a2").orders, d.today("a2").sales_fen), (1, 5000));
+    assert_eq!(d.today("a1").orders, 0);
+    assert_eq!(d.today("a3").orders, 0);
+}
+
+#[test]
+fn order_arriving_late_is_credited_to_the_message_before_it() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.reply(T0 + S, "c1", "u1", "a1");
+    d.reply(T0 + 100 * S, "c1", "u1", "a2");
+    d.order(T0 + 50 * S, "u1", 700); // paid before a2 wrote
+    assert_eq!(d.today("a1").orders, 1);
+    assert_eq!(d.today("a2").orders, 0);
+}
+
+#[test]
+fn order_without_agent_message_in_24h_is_a_silent_order() {
+    let mut d = Desk::new();
+    d.customer(T0 - 25 * 60 * MIN, "c1", "u1", Some("a1"));
+    d.reply(T0 - 25 * 60 * MIN + S, "c1", "u1", "a1");
+    d.order(T0, "u1", 3000);
+    d.order(T0, "u-never-chatted", 1000);
+    let (acc, _) = d.engine.shop_acc(&"s1".into(), Window::Today).unwrap();
+    assert_eq!((acc.tally.silent_orders, acc.tally.silent_sales_fen), (2, 4000));
+    assert_eq!(acc.tally.orders, 0);
+}
+
+#[test]
+fn paying_customers_conversion_rate_and_avg_order() {
+    let mut d = Desk::new();
+    for c in ["u1", "u2", "u3", "u4"] {
+        d.customer(T0, c, c, Some("a1"));
+        d.reply(T0 + S, c, c, "a1");
+    }
+    d.order(T0 + 10 * S, "u1", 1000);
+    d.order(T0 + 11 * S, "u1", 3000);
+    d.order(T0 + 12 * S, "u2", 2000);
+    let m = d.today("a1");
+    assert_eq!((m.orders, m.sales_fen, m.paying_customers), (3, 6000, 2));
+    assert_eq!(m.conversion_rate, Some(0.5));
+    assert_eq!(m.avg_order_fen, Some(3000.0)); // 6000 fen / 2 buyers
+}
+
+#[test]
+fn today_is_the_shanghai_business_day_by_sample_ts() {
+    let mut d = Desk::new();
+    let midnight = 1_762_876_800_000; // 2025-11-11T16:00:00Z = 11-12 00:00 Shanghai
+    d.customer(midnight - 20 * S, "c1", "u1", Some("a1"));
+    d.reply(midnight - S, "c1", "u1", "a1"); // yesterday
+    d.customer(midnight - 10 * S, "c2", "u2", Some("a1"));
+    d.reply(midnight + 5 * S, "c2", "u2", "a1"); // today: the sample's ts counts
+    let m = d.today("a1");
+    assert_eq!(m.responses, 1);
+    assert_eq!(m.max_ms, Some(15_000));
+    assert_eq!(m.customers, 0, "u2 last wrote before midnight");
+    assert_eq!(d.stats("a1", Window::Hour).metrics.responses, 2);
+}
+
+#[test]
+fn today_follows_a_configured_zone_with_dst() {
+    let mut s = settings(Clock::Event);
+    s.timezone = TimeZone::get("America/New_York").unwrap();
+    let mut d = Desk::with(s);
+    // 2025-11-02 is 25 hours long in New York: 04:00Z to 05:00Z next day.
+    let day_start = 1_762_056_000_000; // 2025-11-02T04:00:00Z
+    d.customer(day_start + 24 * 60 * MIN + 10 * S, "c1", "u1", Some("a1"));
+    d.reply(day_start + 24 * 60 * MIN + 20 * S, "c1", "u1", "a1"); // 24h in, same day
+    assert_eq!(d.today("a1").responses, 1);
+    d.customer(day_start + 25 * 60 * MIN, "c2", "u2", Some("a1"));
+    d.reply(day_start + 25 * 60 * MIN + S, "c2", "u2", "a1"); // next day
+    assert_eq!(d.today("a1").responses, 1);
+    assert_eq!(d.today("a1").max_ms, Some(1000));
+}
+
+#[test]
+fn rolling_windows_hold_samples_in_now_minus_w_to_now() {
+    let mut d = Desk::new();
+    // Samples at T0, T0+10m, T0+50m; now = T0+60m.
+    for (i, at) in [0, 10 * MIN, 50 * MIN].iter().enumerate() {
+        let conv = format!("c{i}");
+        d.customer(T0 + at - S, &conv, &conv, Some("a1"));
+        d.reply(T0 + at, &conv, &conv, "a1");
+    }
+    d.status(T0 + 60 * MIN, "s1", "a1", AgentStatus::Online);
+    assert_eq!(
+        d.stats("a1", Window::Hour).metrics.responses,
+        2,
+        "T0 is exactly now-1h: out"
+    );
+    assert_eq!(d.stats("a1", Window::Min15).metrics.responses, 1);
+    assert_eq!(d.stats("a1", Window::Min5).metrics.responses, 0);
+    assert_eq!(d.stats("a1", Window::Today).metrics.responses, 3);
+    assert_eq!(d.stats("a1", Window::Hour).metrics.customers, 2);
+}
+
+#[test]
+fn live_state_counts_open_conversations_and_waits() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.customer(T0 + 10 * S, "c2", "u2", Some("a1"));
+    d.reply(T0 + 11 * S, "c2", "u2", "a1");
+    d.customer(T0 + 20 * S, "c3", "u3", Some("a1"));
+    d.status(T0 + 30 * S, "s1", "a1", AgentStatus::Busy);
+    let live = d.stats("a1", Window::Today).live;
+    assert_eq!(live.status, Some(AgentStatus::Busy));
+    assert_eq!(live.open_conversations, 3);
+    assert_eq!(live.waiting, 2);
+    assert_eq!(live.oldest_wait_ms, 30_000);
+    d.close(T0 + 31 * S, "c1");
+    let live = d.stats("a1", Window::Today).live;
+    assert_eq!(
+        (live.open_conversations, live.waiting, live.oldest_wait_ms),
+        (2, 1, 11_000)
+    );
+}
+
+#[test]
+fn agent_status_applies_in_every_shop() {
+    let mut d = Desk::new();
+    d.customer_in("s2", T0, "c1", "u1", Some("a1"));
+    d.status(T0 + S, "s1", "a1", AgentStatus::Away);
+    let s2 = d
+        .engine
+        .agent_stats(&"a1".into(), Window::Today, Some(&"s2".into()))
+        .unwrap();
+    assert_eq!(s2.live.status, Some(AgentStatus::Away));
+}
+
+#[test]
+fn a_repeated_shop_and_id_is_counted_once() {
+    let mut d = Desk::new();
+    let event = Event {
+        id: "x".into(),
+        ts: T0,
+        shop: "s1".into(),
+        kind: EventKind::CustomerMessage {
+            conversation: "c1".into(),
+            customer: "u1".into(),
+            agent: Some("a1".into()),
+        },
+    };
+    assert_eq!(d.engine.apply(&event), Applied::Accepted);
+    assert_eq!(d.engine.apply(&event), Applied::Duplicate);
+    let mut other_shop = event.clone();
+    other_shop.shop = "s2".into();
+    assert_eq!(d.engine.apply(&other_shop), Applied::Accepted);
+    assert_eq!(d.today("a1").customers, 2);
+}
+
+#[test]
+fn totals_of_shops_and_agents_add_the_partials() {
+    let mut d = Desk::new();
+    d.customer_in("s1", T0, "c1", "u1", Some("a1"));
+    d.reply_in("s1", T0 + 10 * S, "c1", "u1", "a1", false);
+    d.customer_in("s2", T0, "c1", "u1", Some("a1")); // shared seat: a1 serves s2 too
+    d.reply_in("s2", T0 + 30 * S, "c1", "u1", "a1", false);
+    d.customer_in("s1", T0, "c2", "u2", Some("a2"));
+    d.reply_in("s1", T0 + 50 * S, "c2", "u2", "a2", false);
+    let a1 = d.today("a1");
+    assert_eq!((a1.responses, a1.customers, a1.avg_response_ms), (2, 2, Some(20_000.0)));
+    let (s1, _) = d.engine.shop_acc(&"s1".into(), Window::Today).unwrap();
+    let s1 = s1.metrics();
+    assert_eq!((s1.responses, s1.customers, s1.avg_response_ms), (2, 2, Some(30_000.0)));
+    let only_s2 = d
+        .engine
+        .agent_stats(&"a1".into(), Window::Today, Some(&"s2".into()))
+        .unwrap();
+    assert_eq!(only_s2.metrics.max_ms, Some(30_000));
+}
+
+// ---- §4 alerts ----
+
+fn fast_thresholds() -> Settings {
+    settings(Clock::Event)
+}
+
+#[test]
+fn slow_average_raises_above_norm_with_min_samples() {
+    let mut d = Desk::with(fast_thresholds());
+    for i in 0..2 {
+        let conv = format!("c{i}");
+        d.customer(T0 + i * MIN, &conv, &conv, Some("a1"));
+        d.reply(T0 + i * MIN + 70 * S, &conv, &conv, "a1");
+    }
+    assert!(
+        d.alerts().iter().all(|a| a.1 != Rule::SlowAverage),
+        "2 samples < min_samples"
+    );
+    d.customer(T0 + 2 * MIN, "c2", "c2", Some("a1"));
+    d.reply(T0 + 2 * MIN + 70 * S, "c2", "c2", "a1");
+    let slow: Vec<_> = d.alerts().into_iter().filter(|a| a.1 == Rule::SlowAverage).collect();
+    assert_eq!(
+        slow,
+        vec![(Transition::Raised, Rule::SlowAverage, Severity::Warning, "a1".into())]
+    );
+}
+
+#[test]
+fn slow_average_escalates_above_critical() {
+    let mut d = Desk::with(fast_thresholds());
+    for i in 0..3 {
+        let conv = format!("c{i}");
+        d.customer(T0 + i * MIN, &conv, &conv, Some("a1"));
+        d.reply(T0 + i * MIN + 70 * S, &conv, &conv, "a1");
+    }
+    d.customer(T0 + 3 * MIN, "c9", "c9", Some("a1"));
+    d.reply(T0 + 3 * MIN + 400 * S, "c9", "c9", "a1"); // avg (210+400)/4 = 152 s
+    let slow: Vec<_> = d
+        .alerts()
+        .into_iter()
+        .filter(|a| a.1 == Rule::SlowAverage)
+        .map(|a| (a.0, a.2))
+        .collect();
+    assert_eq!(
+        slow,
+        vec![
+            (Transition::Raised, Severity::Warning),
+            (Transition::Escalated, Severity::Critical)
+        ]
+    );
+    assert_eq!(
+        d.engine.active_alerts().len(),
+        1,
+        "at most one active alert per (agent, shop, rule)"
+    );
+}
+
+#[test]
+fn slow_average_resolves_at_clear_or_when_the_window_empties() {
+    let mut d = Desk::with(fast_thresholds());
+    for i in 0..3 {
+        let conv = format!("c{i}");
+        d.customer(T0 + i * MIN, &conv, &conv, Some("a1"));
+        d.reply(T0 + i * MIN + 70 * S, &conv, &conv, "a1");
+    }
+    d.alerts();
+    // Between clear and norm: stays (hysteresis).
+    d.customer(T0 + 4 * MIN, "c4", "c4", Some("a1"));
+    d.reply(T0 + 4 * MIN + 40 * S, "c4", "c4", "a1"); // avg 62.5 s
+    d.customer(T0 + 5 * MIN, "c5", "c5", Some("a1"));
+    d.reply(T0 + 5 * MIN + 40 * S, "c5", "c5", "a1"); // avg 58 s
+    assert!(d.alerts().is_empty(), "58 s is above clear_ms: still active");
+    d.customer(T0 + 6 * MIN, "c6", "c6", Some("a1"));
+    d.reply(T0 + 6 * MIN + 10 * S, "c6", "c6", "a1"); // avg 50 s = clear
+    let resolved: Vec<_> = d.alerts().into_iter().map(|a| a.0).collect();
+    assert_eq!(resolved, vec![Transition::Resolved]);
+
+    // Raise again, then let the window empty with no event but time passing.
+    for i in 10..13 {
+        let conv = format!("c{i}");
+        d.customer(T0 + i * MIN, &conv, &conv, Some("a1"));
+        d.reply(T0 + i * MIN + 300 * S, &conv, &conv, "a1");
+    }
+    assert!(d.alerts().iter().any(|a| a.0 == Transition::Raised));
+    d.engine.tick(T0 + 60 * MIN);
+    assert!(
+        d.alerts()
+            .iter()
+            .any(|a| a.0 == Transition::Resolved && a.1 == Rule::SlowAverage)
+    );
+}
+
+#[test]
+fn customer_waiting_raises_when_time_passes_with_no_new_event() {
+    let mut d = Desk::with(settings(Clock::Wall));
+    d.engine.tick(T0);
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.engine.tick(T0 + 60 * S);
+    assert!(d.alerts().is_empty(), "60 s is not above norm");
+    d.engine.tick(T0 + 60 * S + 1);
+    assert_eq!(
+        d.alerts(),
+        vec![(
+            Transition::Raised,
+            Rule::CustomerWaiting,
+            Severity::Warning,
+            "a1".into()
+        )]
+    );
+    d.engine.tick(T0 + 100 * S + 1);
+    assert_eq!(
+        d.alerts(),
+        vec![(
+            Transition::Escalated,
+            Rule::CustomerWaiting,
+            Severity::Critical,
+            "a1".into()
+        )]
+    );
+}
+
+#[test]
+fn customer_waiting_resolves_when_no_wait_is_older_than_clear() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.customer(T0 + 30 * S, "c2", "u2", Some("a1"));
+    d.customer(T0 + 70 * S, "c3", "u3", Some("a1"));
+    assert_eq!(d.alerts().len(), 1, "raised when the clock passed T0+60s");
+    d.reply(T0 + 75 * S, "c1", "u1", "a1"); // oldest now c2: 45 s ≤ clear
+    assert_eq!(
+        d.alerts().into_iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![Transition::Resolved]
+    );
+}
+
+#[test]
+fn customer_waiting_stays_between_clear_and_norm() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.customer(T0 + 10 * S, "c2", "u2", Some("a1"));
+    d.status(T0 + 61 * S, "s1", "a1", AgentStatus::Online);
+    assert_eq!(d.alerts().len(), 1);
+    d.reply(T0 + 65 * S, "c1", "u1", "a1"); // oldest c2 at 55 s > clear
+    assert!(d.alerts().is_empty());
+}
+
+#[test]
+fn acking_records_who_and_is_reported_once() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.status(T0 + 61 * S, "s1", "a1", AgentStatus::Online);
+    d.alerts();
+    let id = d.engine.active_alerts()[0].id.clone();
+    let acked = d.engine.ack_alert(&id, "sup").unwrap();
+    assert_eq!(acked.acked_by.as_deref(), Some("sup"));
+    d.engine.ack_alert(&id, "other").unwrap();
+    let changes = d.alerts();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(d.engine.alert(&id).unwrap().acked_by.as_deref(), Some("sup"));
+    assert!(d.engine.ack_alert("nope", "sup").is_none());
+}
+
+#[test]
+fn shop_override_changes_the_norm() {
+    let mut s = settings(Clock::Event);
+    s.shop_thresholds.insert(
+        "s1".into(),
+        ThresholdOverride {
+            norm_ms: Some(20_000),
+            clear_ms: Some(10_000),
+            ..Default::default()
+        },
+    );
+    let mut d = Desk::with(s);
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.status(T0 + 21 * S, "s1", "a1", AgentStatus::Online);
+    assert_eq!(d.alerts().len(), 1);
+    d.reply(T0 + 25 * S, "c1", "u1", "a1");
+    assert_eq!(d.today("a1").slow_responses, 1);
+}
