@@ -1,1 +1,331 @@
-fn main() {}
+//! Engine benchmarks: `apply` throughput on a realistic event mix, memory
+//! per (agent, shop) partial and per open conversation, and `replay` of a
+//! 1-million-event log through the release binary.
+//!
+//! Run: `cargo bench --bench engine` (add `-- apply`, `-- memory` or
+//! `-- replay` to run one part). Results go into BENCHMARKS.md by hand.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deskpulse::engine::{Clock, Engine, Settings};
+use deskpulse::protocol::{AgentStatus, Event, EventKind};
+
+/// SplitMix64: small, deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// 2025-11-11 00:00 Shanghai.
+const START: i64 = 1_762_790_400_000;
+
+/// A chat-desk day: customers open conversations, agents answer after a
+/// few to a hundred seconds, some auto-replies, transfers, orders, closes.
+fn workload(n_events: usize, agents: u64, shops: u64, seed: u64) -> Vec<Event> {
+    let mut rng = Rng(seed);
+    let mut out = Vec::with_capacity(n_events);
+    let mut ts = START;
+    let mut id = 0u64;
+    // Open conversations: (shop, conversation, customer, agent, waiting).
+    let mut open: Vec<(u64, u64, u64, u64, bool)> = Vec::new();
+    let mut next_conv = 0u64;
+    let mut push = |out: &mut Vec<Event>, ts: i64, shop: u64, kind: EventKind| {
+        id += 1;
+        out.push(Event {
+            id: format!("e{id}").as_str().into(),
+            ts,
+            shop: format!("shop-{shop}").as_str().into(),
+            kind,
+        });
+    };
+    for a in 0..agents {
+        push(
+            &mut out,
+            ts,
+            a % shops,
+            EventKind::Status {
+                agent: format!("agent-{a}").as_str().into(),
+                status: AgentStatus::Online,
+            },
+        );
+    }
+    while out.len() < n_events {
+        ts += rng.below(3) as i64;
+        let roll = rng.below(100);
+        if open.len() < (agents * 4) as usize && (roll < 12 || open.is_empty()) {
+            let shop = rng.below(shops);
+            // Agent `a` sits in shop `a % shops`; one in ten conversations goes
+            // to a shared-seat agent of the neighbouring shop.
+            let home = if rng.below(10) == 0 { (shop + 1) % shops } else { shop };
+            let agent = home + shops * rng.below(agents / shops);
+            next_conv += 1;
+            let customer = rng.below(1_000_000);
+            open.push((shop, next_conv, customer, agent, true));
+            push(
+                &mut out,
+                ts,
+                shop,
+                EventKind::CustomerMessage {
+                    conversation: format!("c{next_conv}").as_str().into(),
+                    customer: format!("u{customer}").as_str().into(),
+                    agent: Some(format!("agent-{agent}").as_str().into()),
+                },
+            );
+            continue;
+        }
+        let i = rng.below(open.len() as u64) as usize;
+        let (shop, conv, customer, agent, waiting) = open[i];
+        let conversation = format!("c{conv}").as_str().into();
+        let cust = format!("u{customer}").as_str().into();
+        let ag = format!("agent-{agent}").as_str().into();
+        match roll {
+            0..=44 if waiting => {
+                open[i].4 = false;
+                push(
+                    &mut out,
+                    ts,
+                    shop,
+                    EventKind::AgentMessage {
+                        conversation,
+                        customer: cust,
+                        agent: ag,
+                        auto: rng.below(10) == 0,
+                    },
+                );
+            }
+            0..=54 => {
+                open[i].4 = true;
+                push(
+                    &mut out,
+                    ts,
+                    shop,
+                    EventKind::CustomerMessage {
+                        conversation,
+                        customer: cust,
+                        agent: None,
+                    },
+                );
+            }
+            55..=60 => {
+                let to = shop + shops * rng.below(agents / shops);
+                open[i].3 = to;
+                push(
+                    &mut out,
+                    ts,
+                    shop,
+                    EventKind::Assign {
+                        conversation,
+                        customer: cust,
+                        agent: format!("agent-{to}").as_str().into(),
+                        from_agent: Some(ag),
+                    },
+                );
+            }
+            61..=66 => {
+                let order = format!("o{}", out.len()).as_str().into();
+                push(
+                    &mut out,
+                    ts,
+                    shop,
+                    EventKind::OrderPaid {
+                        order,
+                        customer: cust,
+                        amount: 100 + rng.below(50_000),
+                    },
+                )
+            }
+            67..=75 => {
+                open.swap_remove(i);
+                push(&mut out, ts, shop, EventKind::Close { conversation });
+            }
+            _ => push(
+                &mut out,
+                ts,
+                shop,
+                EventKind::AgentMessage {
+                    conversation,
+                    customer: cust,
+                    agent: ag,
+                    auto: false,
+                },
+            ),
+        }
+    }
+    out
+}
+
+fn settings() -> Arc<Settings> {
+    Arc::new(Settings {
+        clock: Clock::Event,
+        ..Settings::default()
+    })
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn bench_apply() {
+    for (agents, shops) in [(1_000u64, 50u64), (20_000, 500)] {
+        let events = workload(2_000_000, agents, shops, 7);
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let mut engine = Engine::new(settings());
+            let t = Instant::now();
+            for e in &events {
+                engine.apply(e);
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+            std::hint::black_box(&engine);
+        }
+        println!(
+            "apply: {} events, {agents} agents, {shops} shops: best of 3 {:.3} s = {:.2} M events/s",
+            events.len(),
+            best,
+            events.len() as f64 / best / 1e6
+        );
+    }
+}
+
+fn bench_memory() {
+    // Agents each with a busy hour: 200 responses to 150 customers, inside
+    // the last hour, so every window (today, 1h, 15m, 5m) holds data.
+    for agents in [1_000u64, 100_000] {
+        let before = rss_bytes();
+        let mut engine = Engine::new(settings());
+        let mut id = 0u64;
+        let per_agent = 200u64;
+        for a in 0..agents {
+            let shop = format!("shop-{}", a % 100);
+            let agent: deskpulse::protocol::AgentId = format!("agent-{a}").as_str().into();
+            for k in 0..per_agent {
+                let ts = START + 10 * 3_600_000 + (k as i64) * 17_000;
+                let conv = format!("c{a}-{}", k % 150);
+                for (dt, kind) in [
+                    (
+                        0,
+                        EventKind::CustomerMessage {
+                            conversation: conv.as_str().into(),
+                            customer: format!("u{a}-{}", k % 150).as_str().into(),
+                            agent: Some(agent.clone()),
+                        },
+                    ),
+                    (
+                        5_000 + (k as i64 * 7919) % 90_000,
+                        EventKind::AgentMessage {
+                            conversation: conv.as_str().into(),
+                            customer: format!("u{a}-{}", k % 150).as_str().into(),
+                            agent: agent.clone(),
+                            auto: false,
+                        },
+                    ),
+                ] {
+                    id += 1;
+                    engine.apply(&Event {
+                        id: format!("e{id}").as_str().into(),
+                        ts: ts + dt,
+                        shop: shop.as_str().into(),
+                        kind,
+                    });
+                }
+            }
+        }
+        let census = engine.census();
+        let grown = rss_bytes().saturating_sub(before);
+        let dedup_part = census.dedup_ids as u64 * 40;
+        println!(
+            "memory: {agents} agents × {per_agent} responses: RSS +{:.1} MiB = {:.1} KiB per (agent, shop) partial \
+             ({} conversations open, dedup of {} ids ≈ {:.1} MiB included)",
+            grown as f64 / (1 << 20) as f64,
+            grown as f64 / census.partials as f64 / 1024.0,
+            census.conversations,
+            census.dedup_ids,
+            dedup_part as f64 / (1 << 20) as f64,
+        );
+        drop(engine);
+    }
+    // Open conversations, each with an open wait.
+    let n = 1_000_000u64;
+    let before = rss_bytes();
+    let mut engine = Engine::new(settings());
+    for i in 0..n {
+        engine.apply(&Event {
+            id: format!("w{i}").as_str().into(),
+            ts: START + i as i64,
+            shop: format!("shop-{}", i % 100).as_str().into(),
+            kind: EventKind::CustomerMessage {
+                conversation: format!("conv-{i}").as_str().into(),
+                customer: format!("cust-{i}").as_str().into(),
+                agent: Some(format!("agent-{}", i % 5000).as_str().into()),
+            },
+        });
+    }
+    let grown = rss_bytes().saturating_sub(before);
+    println!(
+        "memory: {n} open conversations with waits: RSS +{:.1} MiB = {:.0} bytes per conversation (incl. customer, marks, dedup id)",
+        grown as f64 / (1 << 20) as f64,
+        grown as f64 / n as f64
+    );
+}
+
+fn bench_replay() {
+    let path = std::env::temp_dir().join("deskpulse-bench-1m.ndjson");
+    let events = workload(1_000_000, 2_000, 100, 11);
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("temp file"));
+        for e in &events {
+            writeln!(f, "{}", e.to_json()).expect("write");
+        }
+    }
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let bin = env!("CARGO_BIN_EXE_deskpulse");
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = std::process::Command::new(bin)
+            .args(["replay", path.to_str().expect("utf-8 path")])
+            .output()
+            .expect("run deskpulse replay");
+        best = best.min(t.elapsed().as_secs_f64());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    println!(
+        "replay: 1 000 000 events ({:.0} MiB NDJSON), best of 3 {:.2} s = {:.0} k events/s ({bin})",
+        size as f64 / (1 << 20) as f64,
+        best,
+        1e6 / best / 1e3
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    if want("apply") {
+        bench_apply();
+    }
+    if want("memory") {
+        bench_memory();
+    }
+    if want("replay") {
+        bench_replay();
+    }
+}

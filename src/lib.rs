@@ -5,5 +5,6 @@
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod log;
 pub mod protocol;
 pub mod replay;

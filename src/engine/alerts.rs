@@ -160,7 +160,15 @@ pub const HISTORY_MS: i64 = 24 * 3_600_000;
 
 impl AlertBook {
     /// Applies a reading for (shop, agent, rule) at `now`.
-    pub fn observe(&mut self, shop: &ShopId, agent: &AgentId, rule: Rule, reading: Reading, t: &Thresholds, now: i64) {
+    pub fn observe(
+        &mut self,
+        shop: &ShopId,
+        agent: &AgentId,
+        rule: Rule,
+        reading: Reading,
+        t: &Thresholds,
+        now: i64,
+    ) -> Option<Severity> {
         let key = (shop.clone(), agent.clone(), rule);
         let critical = reading.value_ms > t.critical_ms;
         match self.active.get(&key).cloned() {
@@ -187,12 +195,14 @@ impl AlertBook {
                 self.active.insert(key, id.clone());
                 self.history.push_back((now, id.clone()));
                 self.by_id.insert(id, alert.clone());
+                let severity = alert.severity;
                 self.changes.push(AlertChange {
                     event: Transition::Raised,
                     alert,
                 });
+                Some(severity)
             }
-            None => {}
+            None => None,
             Some(id) => {
                 let alert = self.by_id.get_mut(&id).expect("active ids are in by_id");
                 if reading.resolve {
@@ -203,6 +213,7 @@ impl AlertBook {
                         event: Transition::Resolved,
                         alert,
                     });
+                    None
                 } else if critical && alert.severity == Severity::Warning {
                     alert.severity = Severity::Critical;
                     alert.value_ms = reading.value_ms;
@@ -211,6 +222,9 @@ impl AlertBook {
                         event: Transition::Escalated,
                         alert,
                     });
+                    Some(Severity::Critical)
+                } else {
+                    Some(alert.severity)
                 }
             }
         }

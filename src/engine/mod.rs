@@ -9,6 +9,10 @@ pub mod dedup;
 pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+/// Hash maps of the hot path: foldhash, seeded per process (outputs never
+/// depend on iteration order).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use jiff::tz::TimeZone;
@@ -199,8 +203,16 @@ impl Default for Marks {
 #[derive(Debug, Clone)]
 struct Partial {
     thresholds: Thresholds,
+    /// Listed in `Engine::dirty_partials` since the last `take_dirty`.
+    dirty: bool,
+    /// The `wait_deadlines` / `slow_deadlines` entries in force.
+    wait_deadline: Option<i64>,
+    slow_deadline: Option<i64>,
+    /// Severity of the active alert per rule (`customer_waiting`, `slow_average`).
+    waiting_alert: Option<Severity>,
+    slow_alert: Option<Severity>,
     samples: Samples,
-    marks: HashMap<CustomerId, Marks>,
+    marks: Map<CustomerId, Marks>,
     open_conversations: u64,
     waits: Waits,
 }
@@ -209,8 +221,13 @@ impl Partial {
     fn new(thresholds: Thresholds) -> Self {
         Self {
             thresholds,
+            dirty: false,
+            wait_deadline: None,
+            slow_deadline: None,
+            waiting_alert: None,
+            slow_alert: None,
             samples: Samples::default(),
-            marks: HashMap::new(),
+            marks: Map::default(),
             open_conversations: 0,
             waits: Waits::default(),
         }
@@ -219,9 +236,11 @@ impl Partial {
 
 #[derive(Debug, Clone, Default)]
 struct Shop {
-    conversations: HashMap<ConversationId, Conversation>,
-    customers: HashMap<CustomerId, Customer>,
-    partials: HashMap<AgentId, Partial>,
+    /// Listed in `Engine::dirty_shop_list` since the last `take_dirty`.
+    dirty: bool,
+    conversations: Map<ConversationId, Conversation>,
+    customers: Map<CustomerId, Customer>,
+    partials: Map<AgentId, Partial>,
     queue: Waits,
     /// Shop-level marks: silent orders.
     samples: Samples,
@@ -357,18 +376,18 @@ pub struct Engine {
     now: i64,
     max_ts: Option<i64>,
     dedup: Dedup,
-    shops: HashMap<ShopId, Shop>,
-    agents: HashMap<AgentId, AgentInfo>,
+    shops: Map<ShopId, Shop>,
+    agents: Map<AgentId, AgentInfo>,
     alerts: AlertBook,
     /// (deadline, shop, agent): re-check `customer_waiting` at the deadline.
     wait_deadlines: BTreeSet<(i64, ShopId, AgentId)>,
-    /// Partials whose 15m average may change as time passes.
-    slow_watch: BTreeSet<(ShopId, AgentId)>,
+    /// (deadline, shop, agent): re-check `slow_average` when a sample leaves the 15m window.
+    slow_deadlines: BTreeSet<(i64, ShopId, AgentId)>,
     /// Partials whose waits changed during the current `apply`.
     touched: Vec<(ShopId, AgentId)>,
     dirty_agents: HashSet<AgentId>,
-    dirty_shops: HashSet<ShopId>,
-    last_sweep_s: i64,
+    dirty_partials: Vec<(ShopId, AgentId)>,
+    dirty_shop_list: Vec<ShopId>,
     last_maintenance_h: i64,
     applied: u64,
 }
@@ -382,15 +401,15 @@ impl Engine {
             now: i64::MIN,
             max_ts: None,
             dedup: Dedup::default(),
-            shops: HashMap::new(),
-            agents: HashMap::new(),
+            shops: Map::default(),
+            agents: Map::default(),
             alerts: AlertBook::default(),
             wait_deadlines: BTreeSet::new(),
-            slow_watch: BTreeSet::new(),
+            slow_deadlines: BTreeSet::new(),
             touched: Vec::new(),
             dirty_agents: HashSet::new(),
-            dirty_shops: HashSet::new(),
-            last_sweep_s: i64::MIN,
+            dirty_partials: Vec::new(),
+            dirty_shop_list: Vec::new(),
             last_maintenance_h: i64::MIN,
             applied: 0,
         }
@@ -432,7 +451,11 @@ impl Engine {
         self.max_ts = Some(self.max_ts.map_or(event.ts, |m| m.max(event.ts)));
         let ts = event.ts;
         let shop_id = &event.shop;
-        self.dirty_shops.insert(shop_id.clone());
+        let shop = self.shops.entry(shop_id.clone()).or_default();
+        if !shop.dirty {
+            shop.dirty = true;
+            self.dirty_shop_list.push(shop_id.clone());
+        }
         match &event.kind {
             EventKind::Status { agent, status } => {
                 self.agent(agent).status = Some(*status);
@@ -490,13 +513,22 @@ impl Engine {
                 break;
             }
             self.wait_deadlines.pop_first();
-            self.check_waiting(&shop, &agent);
+            if let Some(p) = self.shops.get_mut(&shop).and_then(|s| s.partials.get_mut(&agent))
+                && p.wait_deadline == Some(deadline)
+            {
+                p.wait_deadline = None;
+                self.check_waiting(&shop, &agent);
+            }
         }
-        let second = now.div_euclid(1000);
-        if second != self.last_sweep_s {
-            self.last_sweep_s = second;
-            let watched: Vec<_> = self.slow_watch.iter().cloned().collect();
-            for (shop, agent) in watched {
+        while let Some((deadline, shop, agent)) = self.slow_deadlines.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.slow_deadlines.pop_first();
+            if let Some(p) = self.shops.get_mut(&shop).and_then(|s| s.partials.get_mut(&agent))
+                && p.slow_deadline == Some(deadline)
+            {
+                p.slow_deadline = None;
                 self.check_slow(&shop, &agent);
             }
         }
@@ -512,17 +544,27 @@ impl Engine {
     }
 
     fn partial(&mut self, shop: &ShopId, agent: &AgentId) -> &mut Partial {
-        if !self.agents.get(agent).is_some_and(|a| a.shops.contains(shop)) {
-            self.agent(agent).shops.insert(shop.clone());
-        }
-        self.dirty_agents.insert(agent.clone());
-        let settings = &self.settings;
-        self.shops
+        let Self {
+            shops,
+            agents,
+            settings,
+            dirty_partials,
+            ..
+        } = self;
+        let p = shops
             .entry(shop.clone())
             .or_default()
             .partials
             .entry(agent.clone())
-            .or_insert_with(|| Partial::new(settings.thresholds_for(Some(agent), shop)))
+            .or_insert_with(|| {
+                agents.entry(agent.clone()).or_default().shops.insert(shop.clone());
+                Partial::new(settings.thresholds_for(Some(agent), shop))
+            });
+        if !p.dirty {
+            p.dirty = true;
+            dirty_partials.push((shop.clone(), agent.clone()));
+        }
+        p
     }
 
     fn open_conversation(&mut self, shop: &ShopId, conv: &ConversationId, customer: &CustomerId, ts: i64) {
@@ -771,36 +813,49 @@ impl Engine {
                 .samples
                 .record(mark, day, now),
         }
-        if let (Some(a), MarkKind::Response { .. }) = (agent, kind) {
-            self.slow_watch.insert((shop.clone(), a.clone()));
-        }
     }
 
     /// Re-evaluates `customer_waiting` for (shop, agent) and schedules the next check.
     fn check_waiting(&mut self, shop: &ShopId, agent: &AgentId) {
         let now = self.now;
-        let Some(p) = self.shops.get(shop).and_then(|s| s.partials.get(agent)) else {
+        let Some(p) = self.shops.get_mut(shop).and_then(|s| s.partials.get_mut(agent)) else {
             return;
         };
         let t = p.thresholds;
         let oldest = p.waits.oldest();
         let age = oldest.map_or(0, |s| now.saturating_sub(s).max(0) as u64);
-        self.alerts.observe(
-            shop,
-            agent,
-            Rule::CustomerWaiting,
-            Reading::customer_waiting(age, &t),
-            &t,
-            now,
-        );
-        if let Some(start) = oldest {
-            let next = match self.alerts.active_severity(shop, agent, Rule::CustomerWaiting) {
-                None => Some(start.saturating_add(t.norm_ms as i64) + 1),
-                Some(Severity::Warning) => Some(start.saturating_add(t.critical_ms as i64) + 1),
-                Some(Severity::Critical) => None,
-            };
-            if let Some(deadline) = next.filter(|d| *d > now) {
-                self.wait_deadlines.insert((deadline, shop.clone(), agent.clone()));
+        let reading = Reading::customer_waiting(age, &t);
+        if reading.raise || p.waiting_alert.is_some() {
+            let severity = self
+                .alerts
+                .observe(shop, agent, Rule::CustomerWaiting, reading, &t, now);
+            self.shops
+                .get_mut(shop)
+                .expect("found above")
+                .partials
+                .get_mut(agent)
+                .expect("found above")
+                .waiting_alert = severity;
+        }
+        let severity = self.shops[shop].partials[agent].waiting_alert;
+        let next = oldest.and_then(|start| match severity {
+            None => Some(start.saturating_add(t.norm_ms as i64) + 1),
+            Some(Severity::Warning) => Some(start.saturating_add(t.critical_ms as i64) + 1),
+            Some(Severity::Critical) => None,
+        });
+        self.schedule_wait(shop, agent, next.filter(|d| *d > now));
+    }
+
+    /// Keeps one live `wait_deadlines` entry per partial; superseded entries
+    /// are skipped when they come due.
+    fn schedule_wait(&mut self, shop: &ShopId, agent: &AgentId, next: Option<i64>) {
+        let Some(p) = self.shops.get_mut(shop).and_then(|s| s.partials.get_mut(agent)) else {
+            return;
+        };
+        if p.wait_deadline != next {
+            p.wait_deadline = next;
+            if let Some(d) = next {
+                self.wait_deadlines.insert((d, shop.clone(), agent.clone()));
             }
         }
     }
@@ -808,23 +863,36 @@ impl Engine {
     /// Re-evaluates `slow_average` for (shop, agent) over the 15m window.
     fn check_slow(&mut self, shop: &ShopId, agent: &AgentId) {
         let now = self.now;
-        let Some(p) = self.shops.get(shop).and_then(|s| s.partials.get(agent)) else {
-            self.slow_watch.remove(&(shop.clone(), agent.clone()));
+        let Some(p) = self.shops.get_mut(shop).and_then(|s| s.partials.get_mut(agent)) else {
             return;
         };
         let t = p.thresholds;
-        let lo = now.saturating_sub(Window::Min15.rolling_ms().expect("rolling")) + 1;
-        let (count, sum) = p.samples.responses_since(lo);
-        self.alerts.observe(
-            shop,
-            agent,
-            Rule::SlowAverage,
-            Reading::slow_average(count, sum, &t),
-            &t,
-            now,
-        );
-        if count == 0 && self.alerts.active_severity(shop, agent, Rule::SlowAverage).is_none() {
-            self.slow_watch.remove(&(shop.clone(), agent.clone()));
+        let w = Window::Min15.rolling_ms().expect("rolling");
+        let lo = now.saturating_sub(w) + 1;
+        let (count, sum, oldest) = p.samples.responses_since(lo);
+        let reading = Reading::slow_average(count, sum, &t);
+        if reading.raise || p.slow_alert.is_some() {
+            let severity = self.alerts.observe(shop, agent, Rule::SlowAverage, reading, &t, now);
+            self.shops
+                .get_mut(shop)
+                .expect("found above")
+                .partials
+                .get_mut(agent)
+                .expect("found above")
+                .slow_alert = severity;
+        }
+        // The average next changes when the oldest sample leaves the window.
+        let next = oldest.map(|o| o + w);
+        let p = self
+            .shops
+            .get_mut(shop)
+            .and_then(|s| s.partials.get_mut(agent))
+            .expect("looked up above");
+        if p.slow_deadline != next {
+            p.slow_deadline = next;
+            if let Some(d) = next {
+                self.slow_deadlines.insert((d, shop.clone(), agent.clone()));
+            }
         }
     }
 
@@ -1064,8 +1132,24 @@ impl Engine {
     /// Agents and shops changed since the last call.
     pub fn take_dirty(&mut self) -> (HashSet<AgentId>, HashSet<ShopId>) {
         (
-            std::mem::take(&mut self.dirty_agents),
-            std::mem::take(&mut self.dirty_shops),
+            {
+                let mut agents = std::mem::take(&mut self.dirty_agents);
+                for (shop, agent) in self.dirty_partials.drain(..) {
+                    if let Some(p) = self.shops.get_mut(&shop).and_then(|s| s.partials.get_mut(&agent)) {
+                        p.dirty = false;
+                    }
+                    agents.insert(agent);
+                }
+                agents
+            },
+            self.dirty_shop_list
+                .drain(..)
+                .inspect(|shop| {
+                    if let Some(s) = self.shops.get_mut(shop) {
+                        s.dirty = false;
+                    }
+                })
+                .collect(),
         )
     }
 

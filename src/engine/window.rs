@@ -342,6 +342,9 @@ pub struct DaySlot {
 pub struct Samples {
     days: [DaySlot; 2],
     recent: VecDeque<Mark>,
+    /// Response samples `(ts, ms)` of the alert window, sorted, with their sum.
+    alert_window: VecDeque<(i64, u64)>,
+    alert_window_sum: u64,
 }
 
 impl Samples {
@@ -352,6 +355,14 @@ impl Samples {
             if let MarkKind::Response { .. } = mark.kind {
                 slot.dist.record(mark.value);
             }
+        }
+        if let MarkKind::Response { .. } = mark.kind {
+            let at = match self.alert_window.back() {
+                Some(last) if last.0 > mark.ts => self.alert_window.partition_point(|m| m.0 <= mark.ts),
+                _ => self.alert_window.len(),
+            };
+            self.alert_window.insert(at, (mark.ts, mark.value));
+            self.alert_window_sum += mark.value;
         }
         if mark.ts > now - HOUR_MS {
             let at = match self.recent.back() {
@@ -406,13 +417,18 @@ impl Samples {
         }
     }
 
-    /// Count and sum (ms) of response samples with `ts >= lo`.
-    pub fn responses_since(&self, lo: i64) -> (u64, u64) {
-        let from = self.recent.partition_point(|m| m.ts < lo);
-        self.recent
-            .range(from..)
-            .filter(|m| matches!(m.kind, MarkKind::Response { .. }))
-            .fold((0, 0), |(n, s), m| (n + 1, s + m.value))
+    /// Count, sum (ms) and oldest `ts` of response samples with `ts >= lo`,
+    /// forgetting older ones: `lo` must never decrease between calls.
+    pub fn responses_since(&mut self, lo: i64) -> (u64, u64, Option<i64>) {
+        while let Some(&(ts, v)) = self.alert_window.front() {
+            if ts >= lo {
+                break;
+            }
+            self.alert_window.pop_front();
+            self.alert_window_sum -= v;
+        }
+        let oldest = self.alert_window.front().map(|m| m.0);
+        (self.alert_window.len() as u64, self.alert_window_sum, oldest)
     }
 
     /// Time of the latest rolling mark, if any.
@@ -436,6 +452,7 @@ impl Samples {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.recent.capacity() * std::mem::size_of::<Mark>()
+            + self.alert_window.capacity() * 16
             + self.days.iter().map(|d| d.dist.heap_bytes()).sum::<usize>()
     }
 

@@ -1,0 +1,98 @@
+//! Engine snapshots on disk: `snapshot-<seq>.bin` holds the engine state
+//! after applying every record below `seq`. Written to a temporary file,
+//! fsynced and renamed, so a crash leaves the old snapshot or the new one.
+//!
+//! File: `DPSNAP01` magic, `seq u64 LE`, `crc32 u32 LE` of the body, body.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::sync_dir;
+
+const MAGIC: &[u8; 8] = b"DPSNAP01";
+
+fn path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("snapshot-{seq:020}.bin"))
+}
+
+/// Writes a snapshot taken at `seq` and removes all but the two newest.
+pub fn write(dir: &Path, seq: u64, body: &[u8]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("snapshot-{seq:020}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(MAGIC)?;
+        f.write_all(&seq.to_le_bytes())?;
+        f.write_all(&crc32fast::hash(body).to_le_bytes())?;
+        f.write_all(body)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path(dir, seq))?;
+    sync_dir(dir)?;
+    let all = list(dir)?;
+    for old in all.iter().rev().skip(2) {
+        fs::remove_file(path(dir, *old))?;
+    }
+    Ok(())
+}
+
+fn list(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    if !dir.exists() {
+        return Ok(seqs);
+    }
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(seq) = name
+            .strip_prefix("snapshot-")
+            .and_then(|s| s.strip_suffix(".bin"))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// The newest intact snapshot: `(seq, body)`. Damaged files are skipped.
+pub fn read_latest(dir: &Path) -> io::Result<Option<(u64, Vec<u8>)>> {
+    for seq in list(dir)?.into_iter().rev() {
+        let bytes = fs::read(path(dir, seq))?;
+        if bytes.len() < 20 || &bytes[..8] != MAGIC {
+            continue;
+        }
+        let stored_seq = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+        let body = &bytes[20..];
+        if stored_seq == seq && crc32fast::hash(body) == crc {
+            return Ok(Some((seq, body.to_vec())));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_intact_snapshot_wins() {
+        let dir = std::env::temp_dir().join(format!("deskpulse-snap-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        write(&dir, 10, b"ten").unwrap();
+        write(&dir, 20, b"twenty").unwrap();
+        write(&dir, 30, b"thirty").unwrap();
+        assert_eq!(list(&dir).unwrap(), vec![20, 30], "only two are kept");
+        assert_eq!(read_latest(&dir).unwrap(), Some((30, b"thirty".to_vec())));
+        // Damage the newest: the older one is used.
+        let p = path(&dir, 30);
+        let mut bytes = fs::read(&p).unwrap();
+        *bytes.last_mut().unwrap() ^= 0xff;
+        fs::write(&p, bytes).unwrap();
+        assert_eq!(read_latest(&dir).unwrap(), Some((20, b"twenty".to_vec())));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
