@@ -1,8 +1,11 @@
 //! The `deskpulse` command: parse flags, load config, run.
 
 use std::io::{BufReader, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -10,6 +13,7 @@ use clap::{Parser, Subcommand};
 use deskpulse::config::Config;
 use deskpulse::engine::Clock;
 use deskpulse::engine::window::Window;
+use deskpulse::node::NodeOptions;
 use deskpulse::protocol::ShopId;
 
 #[derive(Debug, Parser)]
@@ -21,6 +25,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run one node: ingest, durable log, stats API, live stream, dashboards.
+    Serve {
+        /// Address to listen on; without tokens in the config only loopback is allowed.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the event log lives.
+        #[arg(long, default_value = "deskpulse-data")]
+        data_dir: PathBuf,
+        /// `wall` (now = server clock) or `event` (now = largest ts seen).
+        #[arg(long, default_value = "wall", value_parser = parse_clock)]
+        clock: Clock,
+        /// Config file (TOML); without one the embedded default runs open on loopback.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Engine partitions (shops are spread over them).
+        #[arg(long, default_value_t = 1)]
+        partitions: usize,
+    },
     /// Apply an NDJSON event log with the event clock and print per-agent stats.
     Replay {
         /// The log (one event per line); `-` for standard input.
@@ -42,6 +64,14 @@ enum Command {
     },
 }
 
+fn parse_clock(s: &str) -> Result<Clock, String> {
+    match s {
+        "wall" => Ok(Clock::Wall),
+        "event" => Ok(Clock::Event),
+        _ => Err(format!("unknown clock `{s}` (wall, event)")),
+    }
+}
+
 fn parse_window(s: &str) -> Result<Window, String> {
     Window::parse(s).ok_or_else(|| format!("unknown window `{s}` (today, 1h, 15m, 5m)"))
 }
@@ -51,6 +81,27 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
         Some(p) => Ok(Config::load(p)?),
         None => Ok(Config::default()),
     }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                ctrl_c.await.ok();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+    tracing::info!("shutting down: closing sockets, flushing the log");
 }
 
 fn main() -> ExitCode {
@@ -66,6 +117,53 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            clock,
+            config,
+            partitions,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let config = Arc::new(load_config(config.as_ref())?);
+            if config.tokens.is_empty() {
+                if !listen.ip().is_loopback() {
+                    anyhow::bail!(
+                        "refusing to listen on {listen} without tokens: add [[tokens]] to a config, or listen on 127.0.0.1"
+                    );
+                }
+                tracing::warn!("NO AUTH: no tokens configured; serving open on loopback {listen} only");
+                eprintln!(
+                    "WARNING: deskpulse runs OPEN (no tokens): anyone on this machine can read and write. Add [[tokens]] to a config for real use."
+                );
+            }
+            let options = NodeOptions {
+                data_dir,
+                clock,
+                partitions: partitions.max(1),
+                push_interval: Duration::from_millis(config.server.push_interval_ms),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let server = deskpulse::Server::start(config, options)?;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                let addr = listener.local_addr()?;
+                println!("deskpulse listening on http://{addr}");
+                std::io::stdout().flush()?;
+                server.run(listener, shutdown_signal()).await?;
+                tracing::info!("stopped cleanly");
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay {
             file,
             window,

@@ -175,7 +175,7 @@ impl AlertBook {
             None if reading.raise => {
                 let n = self.raised_per_key.entry(key.clone()).or_insert(0);
                 *n += 1;
-                let id = alert_id(shop, agent, rule, now, *n);
+                let id = alert_id(shop, agent, rule, *n);
                 let alert = Alert {
                     id: id.clone(),
                     rule,
@@ -292,7 +292,9 @@ impl AlertBook {
     }
 }
 
-fn alert_id(shop: &ShopId, agent: &AgentId, rule: Rule, now: i64, n: u64) -> String {
+/// The id of the `n`-th alert of (shop, agent, rule): the same when the log
+/// is replayed after a restart, so acknowledgements find their alert.
+fn alert_id(shop: &ShopId, agent: &AgentId, rule: Rule, n: u64) -> String {
     #[allow(deprecated)] // SipHasher with fixed keys: the same id on every run.
     let mut h = std::hash::SipHasher::new_with_keys(0x616c_6572_7473, 7);
     h.write(shop.as_str().as_bytes());
@@ -300,7 +302,6 @@ fn alert_id(shop: &ShopId, agent: &AgentId, rule: Rule, now: i64, n: u64) -> Str
     h.write(agent.as_str().as_bytes());
     h.write_u8(0xff);
     h.write(rule.as_str().as_bytes());
-    h.write_i64(now);
     h.write_u64(n);
     format!("{:016x}", h.finish())
 }

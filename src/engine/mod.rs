@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod day;
 pub mod dedup;
+pub mod desk;
 pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -1097,6 +1098,32 @@ impl Engine {
             .collect();
         marks.sort_by_key(|m| m.ts);
         marks
+    }
+
+    /// Whether the agent has been seen here.
+    pub fn knows(&self, agent: &AgentId) -> bool {
+        self.agents.contains_key(agent)
+    }
+
+    /// Rolling marks of (agent, shop) over the last hour, oldest first.
+    pub fn agent_recent_marks_in(&self, agent: &AgentId, shop: &ShopId) -> Vec<Mark> {
+        let lo = self.now.saturating_sub(window::HOUR_MS) + 1;
+        self.shops
+            .get(shop)
+            .and_then(|s| s.partials.get(agent))
+            .map(|p| p.samples.recent().filter(|m| m.ts >= lo).copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Today's response distribution of (agent, shop).
+    pub fn agent_day_dist(&self, agent: &AgentId, shop: &ShopId) -> Option<&window::Dist> {
+        let today = self.today();
+        self.shops
+            .get(shop)?
+            .partials
+            .get(agent)?
+            .samples
+            .day_dist(today.start_ms)
     }
 
     /// Alert by id.

@@ -25,8 +25,11 @@ const HEADER: usize = 8;
 pub enum RecordKind {
     /// One event, as wire JSON.
     Event = 1,
-    /// An alert acknowledgement: `{"id": …, "by": …, "at": ms}`.
+    /// An alert acknowledgement: `{"id": …, "by": …}`.
     AlertAck = 2,
+    /// The wall clock at a group commit (ms, 8 bytes LE), so replay ticks
+    /// the engine at the times the original run did.
+    Clock = 3,
 }
 
 impl RecordKind {
@@ -34,6 +37,7 @@ impl RecordKind {
         match b {
             1 => Some(Self::Event),
             2 => Some(Self::AlertAck),
+            3 => Some(Self::Clock),
             _ => None,
         }
     }

@@ -1,0 +1,396 @@
+//! A desk is a set of engine partitions, each owning a disjoint set of shops,
+//! and the queries that merge them. Events route to their shop's partition;
+//! `agent.status` (which applies in every shop) goes to the owner first and,
+//! if new, to the others. Still pure: no I/O, no clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::alerts::{Alert, AlertChange};
+use super::window::{MarkKind, Window, WindowAcc, WindowMetrics};
+use super::{AgentStats, Applied, Engine, LiveAcc, LiveState, OpenWait, QueueState, Settings};
+use crate::protocol::{AgentId, Event, EventKind, ShopId, TeamId};
+
+/// Which shops of an agent a view may include; `None` means all.
+pub type ShopFilter = Option<BTreeSet<ShopId>>;
+
+/// Stats of a team, shop or the whole desk.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TotalStats {
+    /// `team`, `shop` or `desk`.
+    pub scope: &'static str,
+    /// The team or shop id (`desk` for the desk).
+    pub id: String,
+    pub window: Window,
+    pub now: i64,
+    /// Agents counted.
+    pub agents: u64,
+    #[serde(flatten)]
+    pub metrics: WindowMetrics,
+    pub silent_orders: u64,
+    pub silent_sales_fen: u64,
+    #[serde(flatten)]
+    pub live: LiveState,
+    #[serde(flatten)]
+    pub queue: QueueState,
+}
+
+/// The partitions of one node.
+#[derive(Debug)]
+pub struct Desk {
+    parts: Vec<Engine>,
+    settings: Arc<Settings>,
+}
+
+/// A stable partition index for a shop.
+pub fn partition_of(shop: &ShopId, n: usize) -> usize {
+    (super::dedup::fingerprint(shop.as_str(), "") as u64 % n as u64) as usize
+}
+
+impl Desk {
+    /// `n` empty partitions (at least one).
+    pub fn new(settings: Arc<Settings>, n: usize) -> Self {
+        let parts = (0..n.max(1)).map(|_| Engine::new(settings.clone())).collect();
+        Self { parts, settings }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Arc<Settings> {
+        &self.settings
+    }
+
+    /// The partitions.
+    pub fn parts(&self) -> &[Engine] {
+        &self.parts
+    }
+
+    /// Mutable partitions (restoring snapshots).
+    pub fn parts_mut(&mut self) -> &mut [Engine] {
+        &mut self.parts
+    }
+
+    /// Applies one event in its partition.
+    pub fn apply(&mut self, event: &Event) -> Applied {
+        let n = self.parts.len();
+        let owner = partition_of(&event.shop, n);
+        let applied = self.parts[owner].apply(event);
+        if applied == Applied::Accepted && matches!(event.kind, EventKind::Status { .. }) && n > 1 {
+            for (i, p) in self.parts.iter_mut().enumerate() {
+                if i != owner {
+                    p.apply(event);
+                }
+            }
+        }
+        applied
+    }
+
+    /// Moves every partition's clock to `now`.
+    pub fn tick(&mut self, now: i64) {
+        for p in &mut self.parts {
+            p.tick(now);
+        }
+    }
+
+    /// The desk's `now`: the latest of the partitions'.
+    pub fn now(&self) -> i64 {
+        self.parts.iter().map(Engine::now).max().unwrap_or(i64::MIN)
+    }
+
+    /// Events applied across partitions (status events count once per partition).
+    pub fn applied(&self) -> u64 {
+        self.parts.iter().map(Engine::applied).sum()
+    }
+
+    /// Agents known anywhere, sorted; roster agents included.
+    pub fn agent_ids(&self) -> Vec<AgentId> {
+        let mut set: BTreeSet<AgentId> = self.parts.iter().flat_map(Engine::agent_ids).collect();
+        for members in self.settings.teams.values() {
+            set.extend(members.iter().cloned());
+        }
+        set.into_iter().collect()
+    }
+
+    /// Shops known anywhere, sorted.
+    pub fn shop_ids(&self) -> Vec<ShopId> {
+        let set: BTreeSet<ShopId> = self.parts.iter().flat_map(Engine::shop_ids).collect();
+        set.into_iter().collect()
+    }
+
+    /// Shops an agent has state in.
+    pub fn shops_of(&self, agent: &AgentId) -> Vec<ShopId> {
+        let set: BTreeSet<ShopId> = self.parts.iter().flat_map(|p| p.shops_of(agent)).collect();
+        set.into_iter().collect()
+    }
+
+    /// Whether the agent is known (seen in an event or listed in a team).
+    pub fn knows_agent(&self, agent: &AgentId) -> bool {
+        self.settings.teams.values().any(|m| m.contains(agent)) || self.parts.iter().any(|p| p.knows(agent))
+    }
+
+    /// An agent's merged window total and live state over the allowed shops.
+    pub fn agent_acc(&self, agent: &AgentId, window: Window, filter: &ShopFilter) -> (WindowAcc, LiveAcc) {
+        let mut acc = WindowAcc::default();
+        let mut live = LiveAcc::default();
+        for p in &self.parts {
+            let shops = p.shops_of(agent);
+            match filter {
+                None => {
+                    if let Some((a, l)) = p.agent_acc(agent, window, None) {
+                        acc.merge(&a);
+                        live.merge(&l);
+                    }
+                }
+                Some(allowed) => {
+                    for shop in shops.iter().filter(|s| allowed.contains(*s)) {
+                        if let Some((a, l)) = p.agent_acc(agent, window, Some(shop)) {
+                            acc.merge(&a);
+                            live.merge(&l);
+                        }
+                    }
+                    if live.status.is_none() {
+                        live.status = p.agent_acc(agent, Window::Min5, None).and_then(|(_, l)| l.status);
+                    }
+                }
+            }
+        }
+        (acc, live)
+    }
+
+    /// The stats object of an agent; `shop` narrows to one shop's slice.
+    pub fn agent_stats(
+        &self,
+        agent: &AgentId,
+        window: Window,
+        shop: Option<&ShopId>,
+        filter: &ShopFilter,
+    ) -> AgentStats {
+        let filter = match shop {
+            Some(s) => Some(filter.as_ref().map_or_else(
+                || BTreeSet::from([s.clone()]),
+                |f| f.iter().filter(|x| *x == s).cloned().collect(),
+            )),
+            None => filter.clone(),
+        };
+        let (acc, live) = self.agent_acc(agent, window, &filter);
+        let now = self.now();
+        let shops = self
+            .shops_of(agent)
+            .into_iter()
+            .filter(|s| filter.as_ref().is_none_or(|f| f.contains(s)))
+            .collect();
+        AgentStats {
+            agent: agent.clone(),
+            window,
+            now,
+            shop: shop.cloned(),
+            shops,
+            teams: self.settings.teams_of(agent),
+            metrics: acc.metrics(),
+            live: live.state(now),
+        }
+    }
+
+    /// A shop's total.
+    pub fn shop_stats(&self, shop: &ShopId, window: Window) -> Option<TotalStats> {
+        let p = &self.parts[partition_of(shop, self.parts.len())];
+        let (acc, live) = p.shop_acc(shop, window)?;
+        let agents = p.agent_ids().iter().filter(|a| p.shops_of(a).contains(shop)).count() as u64;
+        Some(self.total("shop", shop.to_string(), window, agents, &acc, &live))
+    }
+
+    /// A team's total over its agents (all their shops).
+    pub fn team_stats(&self, team: &TeamId, window: Window) -> Option<TotalStats> {
+        let members = self.settings.teams.get(team)?;
+        let mut acc = WindowAcc::default();
+        let mut live = LiveAcc::default();
+        for agent in members {
+            let (a, l) = self.agent_acc(agent, window, &None);
+            acc.merge(&a);
+            live.merge(&LiveAcc { status: None, ..l });
+        }
+        Some(self.total("team", team.to_string(), window, members.len() as u64, &acc, &live))
+    }
+
+    /// The whole desk's total.
+    pub fn desk_stats(&self, window: Window) -> TotalStats {
+        let mut acc = WindowAcc::default();
+        let mut live = LiveAcc::default();
+        for p in &self.parts {
+            for shop in p.shop_ids() {
+                if let Some((a, l)) = p.shop_acc(&shop, window) {
+                    acc.merge(&a);
+                    live.merge(&l);
+                }
+            }
+        }
+        let agents = self.agent_ids().len() as u64;
+        self.total("desk", "desk".into(), window, agents, &acc, &live)
+    }
+
+    fn total(
+        &self,
+        scope: &'static str,
+        id: String,
+        window: Window,
+        agents: u64,
+        acc: &WindowAcc,
+        live: &LiveAcc,
+    ) -> TotalStats {
+        let now = self.now();
+        TotalStats {
+            scope,
+            id,
+            window,
+            now,
+            agents,
+            metrics: acc.metrics(),
+            silent_orders: acc.tally.silent_orders,
+            silent_sales_fen: acc.tally.silent_sales_fen,
+            live: live.state(now),
+            queue: live.queue(now),
+        }
+    }
+
+    /// Open waits of an agent over the allowed shops, oldest first.
+    pub fn open_waits(&self, agent: &AgentId, filter: &ShopFilter) -> Vec<OpenWait> {
+        let mut v: Vec<OpenWait> = self
+            .parts
+            .iter()
+            .flat_map(|p| p.open_waits(Some(agent), None))
+            .filter(|w| filter.as_ref().is_none_or(|f| f.contains(&w.shop)))
+            .collect();
+        v.sort_by(|a, b| (a.since, &a.shop, &a.conversation).cmp(&(b.since, &b.shop, &b.conversation)));
+        v
+    }
+
+    /// Per-minute response count and average over the last hour (60 buckets,
+    /// oldest first) for the allowed shops.
+    pub fn minutes(&self, agent: &AgentId, filter: &ShopFilter) -> Vec<MinuteStat> {
+        let now = self.now();
+        let this_minute = now.div_euclid(60_000);
+        let mut out: Vec<MinuteStat> = (0..60)
+            .map(|i| MinuteStat {
+                minute_start: (this_minute - 59 + i) * 60_000,
+                responses: 0,
+                avg_response_ms: None,
+            })
+            .collect();
+        let mut sums = [0u64; 60];
+        for p in &self.parts {
+            for shop in p.shops_of(agent) {
+                if filter.as_ref().is_some_and(|f| !f.contains(&shop)) {
+                    continue;
+                }
+                for m in p.agent_recent_marks_in(agent, &shop) {
+                    let MarkKind::Response { .. } = m.kind else { continue };
+                    let idx = m.ts.div_euclid(60_000) - (this_minute - 59);
+                    if let Ok(i) = usize::try_from(idx)
+                        && i < 60
+                    {
+                        out[i].responses += 1;
+                        sums[i] += m.value;
+                    }
+                }
+            }
+        }
+        for (o, s) in out.iter_mut().zip(sums) {
+            o.avg_response_ms = (o.responses > 0).then(|| s as f64 / o.responses as f64);
+        }
+        out
+    }
+
+    /// Today's response-time histogram for display: counts per bucket.
+    pub fn histogram(&self, agent: &AgentId, filter: &ShopFilter) -> Vec<HistogramBucket> {
+        const EDGES_S: [u64; 13] = [0, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 86_400];
+        let edges: Vec<u64> = EDGES_S.iter().map(|s| s * 1000).collect();
+        let mut counts = vec![0u64; edges.len() - 1];
+        for p in &self.parts {
+            for shop in p.shops_of(agent) {
+                if filter.as_ref().is_some_and(|f| !f.contains(&shop)) {
+                    continue;
+                }
+                if let Some(dist) = p.agent_day_dist(agent, &shop) {
+                    for (c, n) in counts.iter_mut().zip(dist.buckets(&edges)) {
+                        *c += n;
+                    }
+                }
+            }
+        }
+        edges
+            .windows(2)
+            .zip(counts)
+            .map(|(w, count)| HistogramBucket {
+                from_ms: w[0],
+                to_ms: w[1],
+                count,
+            })
+            .collect()
+    }
+
+    /// Active alerts, newest first.
+    pub fn active_alerts(&self) -> Vec<Alert> {
+        let mut v: Vec<Alert> = self.parts.iter().flat_map(Engine::active_alerts).collect();
+        v.sort_by(|a, b| b.raised_at.cmp(&a.raised_at).then_with(|| a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Every alert held, newest first.
+    pub fn all_alerts(&self) -> Vec<Alert> {
+        let mut v: Vec<Alert> = self.parts.iter().flat_map(Engine::all_alerts).collect();
+        v.sort_by(|a, b| b.raised_at.cmp(&a.raised_at).then_with(|| a.id.cmp(&b.id)));
+        v
+    }
+
+    /// The alert with this id.
+    pub fn alert(&self, id: &str) -> Option<Alert> {
+        self.parts.iter().find_map(|p| p.alert(id).cloned())
+    }
+
+    /// Acknowledges an alert; `None` if unknown.
+    pub fn ack_alert(&mut self, id: &str, by: &str) -> Option<Alert> {
+        self.parts
+            .iter_mut()
+            .find_map(|p| p.alert(id).is_some().then(|| p.ack_alert(id, by)).flatten())
+    }
+
+    /// Alert changes of every partition since the last call.
+    pub fn take_alert_changes(&mut self) -> Vec<AlertChange> {
+        self.parts.iter_mut().flat_map(Engine::take_alert_changes).collect()
+    }
+
+    /// Agents and shops changed since the last call.
+    pub fn take_dirty(&mut self) -> (BTreeSet<AgentId>, BTreeSet<ShopId>) {
+        let mut agents = BTreeSet::new();
+        let mut shops = BTreeSet::new();
+        for p in &mut self.parts {
+            let (a, s) = p.take_dirty();
+            agents.extend(a);
+            shops.extend(s);
+        }
+        (agents, shops)
+    }
+
+    /// Teams each agent is in, for the roster.
+    pub fn roster(&self) -> &BTreeMap<TeamId, Vec<AgentId>> {
+        &self.settings.teams
+    }
+}
+
+/// One minute of an agent's last hour.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MinuteStat {
+    /// Start of the minute, ms.
+    pub minute_start: i64,
+    pub responses: u64,
+    pub avg_response_ms: Option<f64>,
+}
+
+/// One bar of the response-time histogram.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistogramBucket {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub count: u64,
+}

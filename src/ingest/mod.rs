@@ -1,0 +1,183 @@
+//! Ingest: a body or frame of events in, an ack out once the accepted ones
+//! are durable. Each bad event is named in `rejected`; the good ones in the
+//! same batch are kept. Frames of one WebSocket are acked in order, with up
+//! to [`IN_FLIGHT`] frames pipelined.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Role;
+use crate::engine::{Applied, Clock};
+use crate::http::auth::Principal;
+use crate::node::{Node, wall_ms};
+use crate::protocol::{Rejection, ShopId, Warning, parse_batch};
+
+/// Frames of one connection being stored at once.
+pub const IN_FLIGHT: usize = 32;
+
+/// The answer to one batch.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Ack {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: Vec<Rejection>,
+    pub warnings: Vec<Warning>,
+    /// Set when the whole batch was refused (too large, storage down).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Ack {
+    fn refused(error: String) -> Self {
+        Self {
+            kind: None,
+            seq: None,
+            accepted: 0,
+            duplicates: 0,
+            rejected: Vec::new(),
+            warnings: Vec::new(),
+            error: Some(error),
+        }
+    }
+}
+
+/// Which shops a caller may write; `None` means any.
+pub fn writable_shops(p: &Principal) -> Option<Option<&BTreeSet<ShopId>>> {
+    match p.role {
+        Role::Admin => Some(None),
+        Role::Ingest => Some(Some(&p.shops)),
+        _ => None,
+    }
+}
+
+/// Parses, checks and stores one batch; the answer says what happened to
+/// every event.
+pub async fn process(node: &Node, principal: &Principal, bytes: &[u8], max_bytes: usize) -> Ack {
+    let counters = node.counters();
+    counters.frames.fetch_add(1, Ordering::Relaxed);
+    if bytes.len() > max_bytes {
+        return Ack::refused(format!(
+            "frame too large: {} bytes (limit {max_bytes}); no event taken",
+            bytes.len()
+        ));
+    }
+    let config = node.config();
+    let mut batch = parse_batch(bytes, config.ingest.unknown_fields);
+    let allowed = writable_shops(principal).flatten();
+    let future_limit = (node.clock() == Clock::Wall).then(|| wall_ms() + config.ingest.max_future_ms);
+    let mut events = Vec::with_capacity(batch.events.len());
+    for (index, event) in std::mem::take(&mut batch.events) {
+        let refusal = if allowed.is_some_and(|shops| !shops.contains(&event.shop)) {
+            Some(format!("field `shop`: this token may not write shop `{}`", event.shop))
+        } else if future_limit.is_some_and(|limit| event.ts > limit) {
+            Some(format!(
+                "field `ts`: {} ms ahead of the server clock (limit {} ms)",
+                event.ts - wall_ms(),
+                config.ingest.max_future_ms
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some(error) => {
+                batch.warnings.retain(|w| w.index != index);
+                batch.rejected.push(Rejection {
+                    index: Some(index),
+                    id: Some(event.id.to_string()),
+                    error,
+                });
+            }
+            None => events.push(event),
+        }
+    }
+    batch.rejected.sort_by_key(|r| r.index);
+    counters
+        .events_rejected
+        .fetch_add(batch.rejected.len() as u64, Ordering::Relaxed);
+    let n = events.len();
+    match node.submit(events).await {
+        Ok(outcomes) => {
+            let duplicates = outcomes.iter().filter(|o| **o == Applied::Duplicate).count() as u64;
+            let accepted = n as u64 - duplicates;
+            counters.events_accepted.fetch_add(accepted, Ordering::Relaxed);
+            counters.events_duplicate.fetch_add(duplicates, Ordering::Relaxed);
+            Ack {
+                kind: None,
+                seq: None,
+                accepted,
+                duplicates,
+                rejected: batch.rejected,
+                warnings: batch.warnings,
+                error: None,
+            }
+        }
+        Err(e) => {
+            let mut ack = Ack::refused(format!("{e}; the valid events of this batch were not stored"));
+            ack.rejected = batch.rejected;
+            ack
+        }
+    }
+}
+
+/// Serves one ingest WebSocket until the client leaves or the server stops.
+pub async fn serve<S>(socket: S, node: Node, principal: Principal, shutdown: CancellationToken)
+where
+    S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let (mut sink, mut incoming) = socket.split();
+    let max = node.config().ingest.max_frame_bytes;
+    let mut seq = 0u64;
+    let mut pending = FuturesOrdered::new();
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled(), if !closing => closing = true,
+            msg = incoming.next(), if !closing && pending.len() < IN_FLIGHT => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    seq += 1;
+                    pending.push_back(frame(node.clone(), principal.clone(), seq, text.as_bytes().to_vec(), max));
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    seq += 1;
+                    pending.push_back(frame(node.clone(), principal.clone(), seq, bytes.to_vec(), max));
+                }
+                Some(Ok(_)) => {} // ping/pong: the socket answers pings itself
+                Some(Err(_)) | None => closing = true, // acks of frames already in flight still go out
+            },
+            Some(ack) = pending.next() => {
+                if sink.send(Message::Text(Utf8Bytes::from(ack))).await.is_err() {
+                    return;
+                }
+            }
+            else => break,
+        }
+        if closing && pending.is_empty() {
+            break;
+        }
+    }
+    if shutdown.is_cancelled() {
+        let close = Message::Close(Some(CloseFrame {
+            code: 1001,
+            reason: Utf8Bytes::from_static("server shutting down"),
+        }));
+        // The client may be gone already; the close frame is a courtesy.
+        sink.send(close).await.ok();
+    }
+}
+
+async fn frame(node: Node, principal: Principal, seq: u64, bytes: Vec<u8>, max: usize) -> String {
+    let mut ack = process(&node, &principal, &bytes, max).await;
+    ack.kind = Some("ack");
+    ack.seq = Some(seq);
+    serde_json::to_string(&ack).expect("acks serialize")
+}

@@ -1,0 +1,486 @@
+//! One node: the log writer thread (group commit) and the engine thread (the
+//! desk's partitions), started after recovery, behind a cheap [`Node`]
+//! handle. Batches in, per-event outcomes out only once durable and applied;
+//! queries run on the engine thread, so they see every acknowledged event.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::engine::alerts::Alert;
+use crate::engine::desk::Desk;
+use crate::engine::{Applied, Clock};
+use crate::log::{self, LogWriter, RecordKind};
+use crate::protocol::{Event, parse_event};
+use crate::publish::Hub;
+
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Where the log lives.
+    pub data_dir: PathBuf,
+    /// Wall or event clock.
+    pub clock: Clock,
+    /// Engine partitions (shops are spread over them).
+    pub partitions: usize,
+    /// Live stream push interval.
+    pub push_interval: Duration,
+}
+
+/// Why a batch was not taken.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum NodeError {
+    /// The log cannot write: nothing is acknowledged until restart.
+    #[error("storage unavailable: {0}")]
+    Storage(String),
+    /// The node is shutting down.
+    #[error("shutting down")]
+    Stopped,
+}
+
+/// Counters for `/metrics` and `/healthz`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub events_accepted: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub events_rejected: AtomicU64,
+    pub frames: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_micros_total: AtomicU64,
+    pub records: AtomicU64,
+    pub ws_ingest: AtomicU64,
+    pub ws_stream: AtomicU64,
+    pub stream_lagged: AtomicU64,
+    pub recovered_records: AtomicU64,
+    pub recovery_millis: AtomicU64,
+    pub truncated_bytes: AtomicU64,
+}
+
+type Reply = oneshot::Sender<Result<Vec<Applied>, NodeError>>;
+type Query = Box<dyn FnOnce(&Desk) + Send>;
+
+enum LogCmd {
+    Events {
+        framed: Vec<u8>,
+        events: Vec<Event>,
+        reply: Reply,
+    },
+    Ack {
+        payload: Vec<u8>,
+        ack: AckRecord,
+        reply: oneshot::Sender<Result<Option<Alert>, NodeError>>,
+    },
+}
+
+enum EngineCmd {
+    Apply {
+        events: Vec<Event>,
+        clock: Option<i64>,
+        reply: Reply,
+    },
+    Ack {
+        ack: AckRecord,
+        clock: Option<i64>,
+        reply: oneshot::Sender<Result<Option<Alert>, NodeError>>,
+    },
+    Tick,
+    Publish {
+        full: bool,
+    },
+    Query(Query),
+}
+
+/// An acknowledgement as logged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AckRecord {
+    id: String,
+    by: String,
+}
+
+/// The handle every connection holds.
+#[derive(Debug, Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    log_tx: mpsc::Sender<LogCmd>,
+    engine_tx: mpsc::Sender<EngineCmd>,
+    hub: Hub,
+    config: Arc<Config>,
+    options: NodeOptions,
+    counters: Arc<Counters>,
+    storage_failed: Arc<AtomicBool>,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wall-clock ms since the epoch.
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Node {
+    /// Recovers the desk from the log in `options.data_dir` and starts the
+    /// log and engine threads. Blocking: call before serving.
+    pub fn start(config: Arc<Config>, options: NodeOptions) -> std::io::Result<Self> {
+        let started = Instant::now();
+        let counters = Arc::new(Counters::default());
+        let mut desk = Desk::new(config.settings(options.clock), options.partitions);
+        let wall = options.clock == Clock::Wall;
+        let log_dir = options.data_dir.join("log");
+        let mut bad_records = 0u64;
+        let (writer, recovery) =
+            LogWriter::open(&log_dir, 0, log::DEFAULT_SEGMENT_BYTES, |_, kind, payload| match kind {
+                RecordKind::Event => match std::str::from_utf8(payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(parse_event)
+                {
+                    Ok(event) => {
+                        desk.apply(&event);
+                    }
+                    Err(_) => bad_records += 1,
+                },
+                RecordKind::AlertAck => {
+                    if let Ok(ack) = serde_json::from_slice::<AckRecord>(payload) {
+                        desk.ack_alert(&ack.id, &ack.by);
+                    }
+                }
+                RecordKind::Clock => {
+                    if let Ok(bytes) = <[u8; 8]>::try_from(payload) {
+                        desk.tick(i64::from_le_bytes(bytes));
+                    }
+                }
+            })?;
+        if wall {
+            desk.tick(wall_ms());
+        }
+        // Alerts raised while replaying are history, not news.
+        desk.take_alert_changes();
+        if bad_records > 0 {
+            tracing::error!(bad_records, "log records that did not parse were skipped");
+        }
+        counters.recovered_records.store(recovery.replayed, Ordering::Relaxed);
+        counters
+            .truncated_bytes
+            .store(recovery.truncated_bytes, Ordering::Relaxed);
+        counters
+            .recovery_millis
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(
+                bytes = recovery.truncated_bytes,
+                "cut a torn or corrupt log tail (never acknowledged)"
+            );
+        }
+        tracing::info!(
+            records = recovery.replayed,
+            millis = started.elapsed().as_millis() as u64,
+            "recovered from the log"
+        );
+
+        let hub = Hub::new(desk.settings().thresholds);
+        let (log_tx, log_rx) = mpsc::channel::<LogCmd>(4096);
+        let (engine_tx, engine_rx) = mpsc::channel::<EngineCmd>(4096);
+        let storage_failed = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let engine_tx = engine_tx.clone();
+            let counters = counters.clone();
+            let failed = storage_failed.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("deskpulse-log".into())
+                    .spawn(move || log_thread(writer, log_rx, engine_tx, counters, failed, wall))?,
+            );
+        }
+        {
+            let hub = hub.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("deskpulse-engine".into())
+                    .spawn(move || engine_thread(desk, engine_rx, hub, wall))?,
+            );
+        }
+        let node = Self {
+            shared: Arc::new(Shared {
+                log_tx,
+                engine_tx,
+                hub,
+                config,
+                options,
+                counters,
+                storage_failed,
+                threads: std::sync::Mutex::new(threads),
+            }),
+        };
+        Ok(node)
+    }
+
+    /// Starts the timers (engine ticks and stream pushes) on the current runtime.
+    pub fn spawn_timers(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let tx = self.shared.engine_tx.clone();
+        let wall = self.shared.options.clock == Clock::Wall;
+        let push = self.shared.options.push_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut publish = tokio::time::interval(push);
+            let mut full = tokio::time::interval(Duration::from_secs(30));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                let cmd = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick(), if wall => EngineCmd::Tick,
+                    _ = publish.tick() => EngineCmd::Publish { full: false },
+                    _ = full.tick() => EngineCmd::Publish { full: true },
+                };
+                if tx.send(cmd).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.shared.config
+    }
+
+    /// The clock mode.
+    pub fn clock(&self) -> Clock {
+        self.shared.options.clock
+    }
+
+    /// The live-stream hub.
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Whether the log can still write.
+    pub fn storage_ok(&self) -> bool {
+        !self.shared.storage_failed.load(Ordering::Relaxed)
+    }
+
+    /// Makes `events` durable, applies them, and returns each one's outcome.
+    pub async fn submit(&self, events: Vec<Event>) -> Result<Vec<Applied>, NodeError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.storage_ok() {
+            return Err(NodeError::Storage("an earlier write or fsync failed".into()));
+        }
+        let mut framed = Vec::with_capacity(events.len() * 256);
+        for e in &events {
+            log::encode(&mut framed, RecordKind::Event, e.to_json().as_bytes());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .log_tx
+            .send(LogCmd::Events { framed, events, reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Logs and applies an acknowledgement; `None` if the alert is unknown.
+    pub async fn ack_alert(&self, id: &str, by: &str) -> Result<Option<Alert>, NodeError> {
+        let ack = AckRecord {
+            id: id.to_owned(),
+            by: by.to_owned(),
+        };
+        let payload = serde_json::to_vec(&ack).expect("strings serialize");
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .log_tx
+            .send(LogCmd::Ack { payload, ack, reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Runs `f` on the engine thread, after every event acknowledged so far.
+    pub async fn query<R: Send + 'static>(&self, f: impl FnOnce(&Desk) -> R + Send + 'static) -> Result<R, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Query = Box::new(move |desk| {
+            // The asker may have gone (client disconnected): nothing to do then.
+            tx.send(f(desk)).ok();
+        });
+        self.shared
+            .engine_tx
+            .send(EngineCmd::Query(job))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Asks for an immediate publish of everything (tests, new subscribers).
+    pub async fn publish_now(&self) {
+        // A stopped engine has nothing to publish.
+        self.shared.engine_tx.send(EngineCmd::Publish { full: true }).await.ok();
+    }
+
+    /// Drops the senders and waits for both threads to drain and exit.
+    pub fn shutdown(self) {
+        let Ok(shared) = Arc::try_unwrap(self.shared) else {
+            tracing::warn!("node handles still held at shutdown; threads exit when they drop");
+            return;
+        };
+        let Shared {
+            log_tx,
+            engine_tx,
+            threads,
+            ..
+        } = shared;
+        drop(log_tx);
+        drop(engine_tx);
+        for t in threads.into_inner().expect("no panics while holding the lock") {
+            if t.join().is_err() {
+                tracing::error!("a node thread panicked");
+            }
+        }
+    }
+}
+
+/// Group commit: take everything queued, write it, one fsync, then hand the
+/// batches to the engine in log order.
+fn log_thread(
+    mut writer: LogWriter,
+    mut rx: mpsc::Receiver<LogCmd>,
+    engine_tx: mpsc::Sender<EngineCmd>,
+    counters: Arc<Counters>,
+    failed: Arc<AtomicBool>,
+    wall: bool,
+) {
+    const MAX_BATCH_BYTES: usize = 8 << 20;
+    let mut batch: Vec<LogCmd> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        let mut bytes = 0;
+        while bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    bytes += match &cmd {
+                        LogCmd::Events { framed, .. } => framed.len(),
+                        LogCmd::Ack { payload, .. } => payload.len(),
+                    };
+                    batch.push(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+        if failed.load(Ordering::Relaxed) {
+            for cmd in batch.drain(..) {
+                refuse(cmd, "an earlier write or fsync failed");
+            }
+            continue;
+        }
+        let clock = wall.then(wall_ms);
+        if let Some(now) = clock {
+            writer.append(RecordKind::Clock, &now.to_le_bytes());
+        }
+        for cmd in &batch {
+            match cmd {
+                LogCmd::Events { framed, events, .. } => {
+                    writer.append_framed(framed, events.len() as u64);
+                }
+                LogCmd::Ack { payload, .. } => {
+                    writer.append(RecordKind::AlertAck, payload);
+                }
+            }
+        }
+        let t = Instant::now();
+        if let Err(e) = writer.commit() {
+            // Never retry an fsync and assume success: stop acknowledging.
+            tracing::error!(error = %e, "log write failed; no further events will be acknowledged");
+            failed.store(true, Ordering::Relaxed);
+            for cmd in batch.drain(..) {
+                refuse(cmd, &e.to_string());
+            }
+            continue;
+        }
+        counters.commits.fetch_add(1, Ordering::Relaxed);
+        counters
+            .commit_micros_total
+            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        for cmd in batch.drain(..) {
+            let next = match cmd {
+                LogCmd::Events { events, reply, .. } => {
+                    counters.records.fetch_add(events.len() as u64, Ordering::Relaxed);
+                    EngineCmd::Apply { events, clock, reply }
+                }
+                LogCmd::Ack { ack, reply, .. } => EngineCmd::Ack { ack, clock, reply },
+            };
+            if engine_tx.blocking_send(next).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn refuse(cmd: LogCmd, why: &str) {
+    let err = NodeError::Storage(why.to_owned());
+    // A refused sender that already left needs no answer.
+    match cmd {
+        LogCmd::Events { reply, .. } => {
+            reply.send(Err(err)).ok();
+        }
+        LogCmd::Ack { reply, .. } => {
+            reply.send(Err(err)).ok();
+        }
+    }
+}
+
+fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wall: bool) {
+    let mut publisher = crate::publish::Publisher::default();
+    while let Some(cmd) = rx.blocking_recv() {
+        match cmd {
+            EngineCmd::Apply { events, clock, reply } => {
+                if let Some(now) = clock {
+                    desk.tick(now);
+                }
+                let outcomes: Vec<Applied> = events.iter().map(|e| desk.apply(e)).collect();
+                reply.send(Ok(outcomes)).ok();
+            }
+            EngineCmd::Ack { ack, clock, reply } => {
+                if let Some(now) = clock {
+                    desk.tick(now);
+                }
+                reply.send(Ok(desk.ack_alert(&ack.id, &ack.by))).ok();
+            }
+            EngineCmd::Tick => {
+                if wall {
+                    desk.tick(wall_ms());
+                }
+            }
+            EngineCmd::Publish { full } => publisher.publish(&mut desk, &hub, full),
+            EngineCmd::Query(job) => job(&desk),
+        }
+        let changes = desk.take_alert_changes();
+        if !changes.is_empty() {
+            hub.alerts(changes);
+        }
+    }
+    // Senders gone: a last publish so nothing is left unsent.
+    publisher.publish(&mut desk, &hub, false);
+}

@@ -1,0 +1,314 @@
+//! Publishing: at each push tick the engine thread turns changed agents,
+//! shops and teams into pre-serialized views; the [`Hub`] keeps the latest
+//! of each (the read model) and broadcasts the changes. Subscribers filter
+//! by scope and never hold anything the engine waits on.
+
+pub mod stream;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::engine::LiveState;
+use crate::engine::alerts::{Alert, AlertChange, Thresholds};
+use crate::engine::desk::{Desk, ShopFilter, TotalStats};
+use crate::engine::window::{Window, WindowMetrics};
+use crate::protocol::{AgentId, ShopId, TeamId};
+
+/// How many published items a slow subscriber may fall behind before it is
+/// told it lagged and resynchronised with a snapshot.
+pub const BACKLOG: usize = 256;
+
+/// The latest view of one agent over all its shops.
+#[derive(Debug, Clone)]
+pub struct AgentEntry {
+    pub agent: AgentId,
+    pub shops: Vec<ShopId>,
+    pub teams: Vec<TeamId>,
+    /// The `AgentView` JSON.
+    pub json: Arc<str>,
+}
+
+/// One agent's view restricted to one shop (for shop-scoped callers).
+#[derive(Debug, Clone)]
+pub struct SliceEntry {
+    pub agent: AgentId,
+    pub shop: ShopId,
+    pub json: Arc<str>,
+}
+
+/// What changed at one push tick.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateBatch {
+    pub now: i64,
+    pub agents: Vec<AgentEntry>,
+    pub slices: Vec<SliceEntry>,
+    pub teams: Vec<(TeamId, Arc<str>)>,
+    pub shops: Vec<(ShopId, Arc<str>)>,
+    pub desk: Option<Arc<str>>,
+}
+
+/// An item on the broadcast.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// Changed views.
+    Update(Arc<UpdateBatch>),
+    /// An alert changed.
+    Alert(Arc<AlertChange>),
+}
+
+/// The read model: the latest view of everything.
+#[derive(Debug, Default)]
+pub struct ReadModel {
+    pub now: i64,
+    pub agents: BTreeMap<AgentId, AgentEntry>,
+    pub slices: BTreeMap<(ShopId, AgentId), Arc<str>>,
+    pub teams: BTreeMap<TeamId, Arc<str>>,
+    pub shops: BTreeMap<ShopId, Arc<str>>,
+    pub desk: Option<Arc<str>>,
+    pub alerts: BTreeMap<String, Alert>,
+}
+
+/// The fan-out point: one cheap-to-clone handle.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    tx: broadcast::Sender<Published>,
+    model: RwLock<ReadModel>,
+    thresholds: Thresholds,
+}
+
+impl Hub {
+    /// An empty hub; `thresholds` are sent to wallboards for colouring.
+    pub fn new(thresholds: Thresholds) -> Self {
+        let (tx, _) = broadcast::channel(BACKLOG);
+        Self {
+            inner: Arc::new(HubInner {
+                tx,
+                model: RwLock::new(ReadModel::default()),
+                thresholds,
+            }),
+        }
+    }
+
+    /// Desk-wide thresholds.
+    pub fn thresholds(&self) -> Thresholds {
+        self.inner.thresholds
+    }
+
+    /// A receiver of everything published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
+        self.inner.tx.subscribe()
+    }
+
+    /// Reads the model (never across an await).
+    pub fn read<R>(&self, f: impl FnOnce(&ReadModel) -> R) -> R {
+        f(&self.inner.model.read().expect("no panics while holding the read model"))
+    }
+
+    /// Stores and broadcasts changed views.
+    pub fn update(&self, batch: UpdateBatch) {
+        {
+            let mut m = self
+                .inner
+                .model
+                .write()
+                .expect("no panics while holding the read model");
+            m.now = batch.now;
+            for a in &batch.agents {
+                m.agents.insert(a.agent.clone(), a.clone());
+            }
+            for s in &batch.slices {
+                m.slices.insert((s.shop.clone(), s.agent.clone()), s.json.clone());
+            }
+            for (t, j) in &batch.teams {
+                m.teams.insert(t.clone(), j.clone());
+            }
+            for (s, j) in &batch.shops {
+                m.shops.insert(s.clone(), j.clone());
+            }
+            if let Some(d) = &batch.desk {
+                m.desk = Some(d.clone());
+            }
+        }
+        // No subscriber is fine: the model keeps the state for the next one.
+        self.inner.tx.send(Published::Update(Arc::new(batch))).ok();
+    }
+
+    /// Stores and broadcasts alert changes, in order.
+    pub fn alerts(&self, changes: Vec<AlertChange>) {
+        {
+            let mut m = self
+                .inner
+                .model
+                .write()
+                .expect("no panics while holding the read model");
+            for c in &changes {
+                if c.alert.resolved_at.is_some() {
+                    m.alerts.remove(&c.alert.id);
+                } else {
+                    m.alerts.insert(c.alert.id.clone(), c.alert.clone());
+                }
+            }
+        }
+        for c in changes {
+            self.inner.tx.send(Published::Alert(Arc::new(c))).ok();
+        }
+    }
+
+    /// Current number of subscribers.
+    pub fn subscribers(&self) -> usize {
+        self.inner.tx.receiver_count()
+    }
+}
+
+/// The agent view pushed to wallboards.
+#[derive(Debug, Serialize)]
+struct AgentView<'a> {
+    agent: &'a AgentId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shop: Option<&'a ShopId>,
+    shops: &'a [ShopId],
+    teams: &'a [TeamId],
+    live: LiveState,
+    today: WindowMetrics,
+    #[serde(rename = "15m")]
+    m15: WindowMetrics,
+    /// Average response per minute over the last hour, oldest first.
+    sparkline: Vec<Option<f64>>,
+}
+
+fn agent_json(desk: &Desk, agent: &AgentId, shop: Option<&ShopId>, shops: &[ShopId], teams: &[TeamId]) -> Arc<str> {
+    let filter: ShopFilter = shop.map(|s| BTreeSet::from([s.clone()]));
+    let now = desk.now();
+    let (today, live) = desk.agent_acc(agent, Window::Today, &filter);
+    let (m15, _) = desk.agent_acc(agent, Window::Min15, &filter);
+    let view = AgentView {
+        agent,
+        shop,
+        shops,
+        teams,
+        live: live.state(now),
+        today: today.metrics(),
+        m15: m15.metrics(),
+        sparkline: desk
+            .minutes(agent, &filter)
+            .into_iter()
+            .map(|m| m.avg_response_ms)
+            .collect(),
+    };
+    serde_json::to_string(&view).expect("views serialize").into()
+}
+
+fn total_json(key: &str, today: &TotalStats, m15: &TotalStats) -> Arc<str> {
+    let mut today_metrics = serde_json::to_value(&today.metrics).expect("metrics serialize");
+    if let Some(o) = today_metrics.as_object_mut() {
+        o.insert("silent_orders".into(), today.silent_orders.into());
+        o.insert("silent_sales_fen".into(), today.silent_sales_fen.into());
+    }
+    json!({
+        key: today.id,
+        "agents": today.agents,
+        "live": {
+            "open_conversations": today.live.open_conversations,
+            "waiting": today.live.waiting,
+            "oldest_wait_ms": today.live.oldest_wait_ms,
+            "oldest_wait_start": today.live.oldest_wait_start,
+            "queued": today.queue.queued,
+            "oldest_queued_ms": today.queue.oldest_queued_ms,
+            "oldest_queued_start": today.queue.oldest_queued_start,
+        },
+        "today": today_metrics,
+        "15m": m15.metrics,
+    })
+    .to_string()
+    .into()
+}
+
+/// Turns the desk's changes into views at each push tick (engine thread).
+#[derive(Debug, Default)]
+pub struct Publisher {
+    published_once: bool,
+}
+
+impl Publisher {
+    /// Publishes changed views, or every view when `full` (rolling windows
+    /// slide even without events).
+    pub fn publish(&mut self, desk: &mut Desk, hub: &Hub, full: bool) {
+        let (dirty_agents, dirty_shops) = desk.take_dirty();
+        let full = full || !self.published_once;
+        if !full && dirty_agents.is_empty() && dirty_shops.is_empty() {
+            return;
+        }
+        self.published_once = true;
+        let (agents, shops): (BTreeSet<AgentId>, BTreeSet<ShopId>) = if full {
+            (
+                desk.agent_ids().into_iter().collect(),
+                desk.shop_ids().into_iter().collect(),
+            )
+        } else {
+            let mut shops = dirty_shops;
+            for a in &dirty_agents {
+                shops.extend(desk.shops_of(a));
+            }
+            (dirty_agents, shops)
+        };
+        let settings = desk.settings().clone();
+        let mut batch = UpdateBatch {
+            now: desk.now(),
+            ..UpdateBatch::default()
+        };
+        let mut teams: BTreeSet<TeamId> = BTreeSet::new();
+        for agent in &agents {
+            let agent_shops = desk.shops_of(agent);
+            let agent_teams = settings.teams_of(agent);
+            teams.extend(agent_teams.iter().cloned());
+            let json = agent_json(desk, agent, None, &agent_shops, &agent_teams);
+            for shop in &agent_shops {
+                batch.slices.push(SliceEntry {
+                    agent: agent.clone(),
+                    shop: shop.clone(),
+                    json: agent_json(desk, agent, Some(shop), std::slice::from_ref(shop), &agent_teams),
+                });
+            }
+            batch.agents.push(AgentEntry {
+                agent: agent.clone(),
+                shops: agent_shops,
+                teams: agent_teams,
+                json,
+            });
+        }
+        if full {
+            teams.extend(settings.teams.keys().cloned());
+        }
+        for team in teams {
+            if let (Some(t), Some(m)) = (
+                desk.team_stats(&team, Window::Today),
+                desk.team_stats(&team, Window::Min15),
+            ) {
+                batch.teams.push((team, total_json("team", &t, &m)));
+            }
+        }
+        for shop in shops {
+            if let (Some(t), Some(m)) = (
+                desk.shop_stats(&shop, Window::Today),
+                desk.shop_stats(&shop, Window::Min15),
+            ) {
+                batch.shops.push((shop, total_json("shop", &t, &m)));
+            }
+        }
+        batch.desk = Some(total_json(
+            "desk",
+            &desk.desk_stats(Window::Today),
+            &desk.desk_stats(Window::Min15),
+        ));
+        hub.update(batch);
+    }
+}
