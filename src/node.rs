@@ -205,7 +205,9 @@ impl Node {
             threads.push(
                 std::thread::Builder::new()
                     .name("deskpulse-log".into())
-                    .spawn(move || log_thread(writer, log_rx, engine_tx, counters, failed, wall))?,
+                    .spawn(move || {
+                        fail_fast("log", || log_thread(writer, log_rx, engine_tx, counters, failed, wall))
+                    })?,
             );
         }
         {
@@ -213,7 +215,7 @@ impl Node {
             threads.push(
                 std::thread::Builder::new()
                     .name("deskpulse-engine".into())
-                    .spawn(move || engine_thread(desk, engine_rx, hub, wall))?,
+                    .spawn(move || fail_fast("engine", || engine_thread(desk, engine_rx, hub, wall)))?,
             );
         }
         let node = Self {
@@ -359,6 +361,18 @@ impl Node {
                 tracing::error!("a node thread panicked");
             }
         }
+    }
+}
+
+/// A panic in a node thread is a bug that leaves the node unable to answer;
+/// exit so the supervisor restarts it and it recovers from the log.
+fn fail_fast(name: &str, body: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+        tracing::error!(
+            thread = name,
+            "node thread panicked; exiting so a restart recovers from the log"
+        );
+        std::process::exit(70);
     }
 }
 

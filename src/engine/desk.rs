@@ -95,7 +95,7 @@ impl Desk {
 
     /// The desk's `now`: the latest of the partitions'.
     pub fn now(&self) -> i64 {
-        self.parts.iter().map(Engine::now).max().unwrap_or(i64::MIN)
+        self.parts.iter().map(Engine::now).max().unwrap_or(0)
     }
 
     /// Events applied across partitions (status events count once per partition).

@@ -399,7 +399,7 @@ impl Engine {
         Self {
             calendar: Calendar::new(settings.timezone.clone()),
             settings,
-            now: i64::MIN,
+            now: 0,
             max_ts: None,
             dedup: Dedup::default(),
             shops: Map::default(),
@@ -421,7 +421,7 @@ impl Engine {
         &self.settings
     }
 
-    /// The current time, ms (`i64::MIN` before any event or tick).
+    /// The current time, ms (0 before any event or tick).
     pub fn now(&self) -> i64 {
         self.now
     }

@@ -1,0 +1,589 @@
+//! The single-node server end to end: the real binary on port 0.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn events_ndjson(prefix: &str, n: usize, ts: i64, shop: &str) -> String {
+    (0..n)
+        .map(|i| {
+            customer(
+                &format!("{prefix}{i}"),
+                ts,
+                shop,
+                &format!("c-{prefix}{i}"),
+                &format!("u-{prefix}{i}"),
+                Some("a1"),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn http_ingest_acks_after_durable_and_counts_duplicates() {
+    let dir = DataDir::new("http");
+    let s = Server::start(&dir.0, None, "event");
+    let ts = 1_762_826_400_000;
+    let body = format!(
+        "{}\n{}\n{}",
+        customer("e1", ts, "s1", "c1", "u1", Some("a1")),
+        reply("e2", ts + 20_000, "s1", "c1", "u1", "a1"),
+        customer("e1", ts, "s1", "c1", "u1", Some("a1")),
+    );
+    let (status, ack) = s.post("/v1/events", None, body.as_bytes()).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(
+        (ack["accepted"].as_u64(), ack["duplicates"].as_u64()),
+        (Some(2), Some(1))
+    );
+    // A JSON array works too, and the same ids are duplicates now.
+    let array = format!(
+        "[{},{}]",
+        customer("e1", ts, "s1", "c1", "u1", None),
+        customer("e3", ts, "s1", "c3", "u3", None)
+    );
+    let (_, ack) = s.post("/v1/events", None, array.as_bytes()).await;
+    assert_eq!(
+        (ack["accepted"].as_u64(), ack["duplicates"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let (status, stats) = s.get("/v1/agents/a1/stats?window=today", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["responses"], 1);
+    assert_eq!(stats["avg_response_ms"], 20_000.0);
+    assert_eq!(stats["customers"], 1);
+    let (_, shop) = s.get("/v1/shops/s1/stats", None).await;
+    assert_eq!(shop["queued"], 1, "c3 waits unassigned: {shop}");
+}
+
+#[tokio::test]
+async fn websocket_ingest_acks_every_frame_in_order() {
+    let dir = DataDir::new("ws");
+    let s = Server::start(&dir.0, None, "event");
+    let mut ws = s.ws("/v1/ingest", None).await.expect("connect");
+    let ts = 1_762_826_400_000;
+    for k in 0..50 {
+        let frame = match k % 3 {
+            0 => customer(&format!("f{k}"), ts, "s1", "c", "u", Some("a1")),
+            1 => format!("[{}]", customer(&format!("f{k}"), ts, "s1", "c", "u", Some("a1"))),
+            _ => events_ndjson(&format!("f{k}-"), 3, ts, "s2"),
+        };
+        send(&mut ws, frame).await;
+    }
+    for k in 1..=50u64 {
+        let ack = next_json(&mut ws, T).await.expect("an ack per frame");
+        assert_eq!(ack["type"], "ack");
+        assert_eq!(ack["seq"], k, "acks come in order");
+        let expect = if k % 3 == 0 { 3 } else { 1 };
+        assert_eq!(
+            ack["accepted"].as_u64().unwrap() + ack["duplicates"].as_u64().unwrap(),
+            expect
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_named_and_the_rest_is_kept() {
+    let dir = DataDir::new("bad");
+    let s = Server::start(&dir.0, Some(CONFIG), "event");
+    let ts = 1_762_826_400_000;
+    let mut body = Vec::new();
+    let lines = [
+        customer("good-1", ts, "s1", "c1", "u1", Some("a1")),
+        "{not json".to_owned(),
+        json!({"id": "wrong-type", "type": "chat.customer", "ts": "yesterday", "shop": "s1", "conversation": "c", "customer": "u"}).to_string(),
+        json!({"id": "missing", "type": "chat.agent", "ts": ts, "shop": "s1", "conversation": "c", "customer": "u"}).to_string(),
+        json!({"id": "unknown-type", "type": "chat.robot", "ts": ts, "shop": "s1"}).to_string(),
+        json!({"id": "x".repeat(200), "type": "conversation.close", "ts": ts, "shop": "s1", "conversation": "c"}).to_string(),
+        customer("other-shop", ts, "s9", "c1", "u1", None),
+        json!({"id": "extra", "type": "conversation.close", "ts": ts, "shop": "s1", "conversation": "c", "colour": "red"}).to_string(),
+    ];
+    for l in &lines {
+        body.extend_from_slice(l.as_bytes());
+        body.push(b'\n');
+    }
+    body.extend_from_slice(b"{\"id\":\"bad-utf8-\xff\",\"type\":\"conversation.close\"}\n");
+    body.extend_from_slice(customer("good-2", ts, "s2", "c2", "u2", Some("a2")).as_bytes());
+    let (status, ack) = s.post("/v1/events", Some("ingest-token"), &body).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["accepted"], 3, "good-1, extra (with a warning) and good-2: {ack}");
+    let rejected: Vec<(u64, String)> = ack["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["error"].as_str().unwrap().to_owned()))
+        .collect();
+    let indexes: Vec<u64> = rejected.iter().map(|r| r.0).collect();
+    assert_eq!(indexes, vec![1, 2, 3, 4, 5, 6, 8]);
+    assert!(rejected[0].1.contains("malformed JSON"));
+    assert!(rejected[1].1.contains("`ts`"));
+    assert!(rejected[2].1.contains("`agent`: missing"));
+    assert!(rejected[3].1.contains("chat.robot"));
+    assert!(rejected[4].1.contains("`id`: too long"));
+    assert!(rejected[5].1.contains("may not write shop `s9`"));
+    assert!(rejected[6].1.contains("UTF-8"));
+    assert_eq!(ack["rejected"][1]["id"], "wrong-type");
+    assert!(ack["warnings"][0]["warning"].as_str().unwrap().contains("colour"));
+
+    // A body over the limit: 413 with a JSON error, and the server still serves.
+    let big = vec![b' '; 9 << 20];
+    let (status, err) = s.post("/v1/events", Some("ingest-token"), &big).await;
+    assert_eq!(status, 413, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("too large"));
+
+    // An oversized WebSocket frame gets an ack with an error; the socket stays usable.
+    let mut ws = s.ws("/v1/ingest", Some("ingest-token")).await.unwrap();
+    send(&mut ws, format!("[{}]", " ".repeat(2 << 20))).await;
+    let ack = next_json(&mut ws, T).await.unwrap();
+    assert_eq!(ack["seq"], 1);
+    assert!(ack["error"].as_str().unwrap().contains("frame too large"), "{ack}");
+    send(&mut ws, customer("after-big", ts, "s1", "c9", "u9", None)).await;
+    let ack = next_json(&mut ws, T).await.unwrap();
+    assert_eq!((ack["seq"].as_u64(), ack["accepted"].as_u64()), (Some(2), Some(1)));
+    // A frame that is not JSON at all.
+    send(&mut ws, "hello".into()).await;
+    let ack = next_json(&mut ws, T).await.unwrap();
+    assert_eq!(ack["rejected"][0]["index"], 0);
+    let (status, _) = s.get("/healthz", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn every_role_is_allowed_or_refused() {
+    let dir = DataDir::new("roles");
+    let s = Server::start(&dir.0, Some(CONFIG), "event");
+    let ts = 1_762_826_400_000;
+    let body = [
+        customer("r1", ts, "s1", "c1", "u1", Some("a1")),
+        customer("r2", ts, "s2", "c2", "u2", Some("a2")),
+        customer("r3", ts, "s2", "c3", "u3", Some("a3")),
+        customer("r4", ts, "s1", "c4", "u4", Some("a3")),
+    ]
+    .join("\n");
+    assert_eq!(s.post("/v1/events", Some("ingest-token"), body.as_bytes()).await.0, 200);
+    // Reading needs a valid token.
+    assert_eq!(s.get("/v1/agents/a1/stats", None).await.0, 401);
+    assert_eq!(s.get("/v1/agents/a1/stats", Some("wrong")).await.0, 401);
+    let cases: &[(&str, &str, u16)] = &[
+        ("admin-token", "/v1/agents/a3/stats", 200),
+        ("admin-token", "/v1/desk/stats", 200),
+        ("admin-token", "/v1/agents/nobody/stats", 404),
+        ("sup-t1-token", "/v1/agents/a1/stats", 200),
+        ("sup-t1-token", "/v1/agents/a2/stats", 200),
+        ("sup-t1-token", "/v1/agents/a3/stats", 403),
+        ("sup-t1-token", "/v1/teams/t1/stats", 200),
+        ("sup-t1-token", "/v1/teams/t2/stats", 403),
+        ("sup-t1-token", "/v1/shops/s1/stats", 403),
+        ("sup-t1-token", "/v1/desk/stats", 403),
+        ("sup-s2-token", "/v1/shops/s2/stats", 200),
+        ("sup-s2-token", "/v1/agents/a3/stats", 200),
+        ("sup-s2-token", "/v1/agents/a1/stats", 403),
+        ("agent-a1-token", "/v1/agents/a1/stats", 200),
+        ("agent-a1-token", "/v1/agents/a2/stats", 403),
+        ("agent-a1-token", "/v1/teams/t1/stats", 403),
+        ("shop-s1-token", "/v1/shops/s1/stats", 200),
+        ("shop-s1-token", "/v1/shops/s2/stats", 403),
+        ("shop-s1-token", "/v1/agents/a3/stats", 200),
+        ("shop-s1-token", "/v1/agents/a2/stats", 403),
+        ("ingest-token", "/v1/agents/a1/stats", 403),
+        ("ingest-token", "/v1/alerts", 403),
+    ];
+    for (token, path, want) in cases {
+        let (status, body) = s.get(path, Some(token)).await;
+        assert_eq!(status, *want, "{token} GET {path}: {body}");
+    }
+    // A merchant sees only its shop's slice of a shared-seat agent.
+    let (_, a3) = s.get("/v1/agents/a3/stats", Some("shop-s1-token")).await;
+    assert_eq!(a3["customers"], 1, "only the s1 customer: {a3}");
+    assert_eq!(a3["shops"], json!(["s1"]));
+    // Listing is filtered, never refused.
+    let (_, list) = s.get("/v1/agents", Some("sup-t1-token")).await;
+    let names: Vec<&str> = list["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a1", "a2"]);
+    // Writing: supervisors and agents may not send events; ingest may not read.
+    for token in ["sup-t1-token", "agent-a1-token", "shop-s1-token"] {
+        assert_eq!(
+            s.post("/v1/events", Some(token), body.as_bytes()).await.0,
+            403,
+            "{token}"
+        );
+        assert!(s.ws("/v1/ingest", Some(token)).await.is_err(), "{token} ws ingest");
+    }
+    assert!(s.ws("/v1/stream", Some("ingest-token")).await.is_err());
+    assert!(s.ws("/v1/stream", None).await.is_err());
+    assert!(s.ws("/v1/ingest", Some("ingest-token")).await.is_ok());
+    // A browser WebSocket from another origin is refused; from our own page it is fine.
+    let auth = ("authorization", "Bearer admin-token");
+    assert!(
+        s.ws_with("/v1/stream", &[auth, ("origin", "http://evil.example")])
+            .await
+            .is_err()
+    );
+    let own = format!("http://{}", s.addr);
+    assert!(s.ws_with("/v1/stream", &[auth, ("origin", own.as_str())]).await.is_ok());
+    // Browsers may pass the token as a `bearer.<token>` subprotocol.
+    let mut ws = s
+        .ws_with(
+            "/v1/stream",
+            &[("sec-websocket-protocol", "deskpulse, bearer.agent-a1-token")],
+        )
+        .await
+        .expect("subprotocol token");
+    let snap = next_json(&mut ws, T).await.unwrap();
+    assert_eq!(snap["agents"][0]["agent"], "a1");
+    // The token may also come as a cookie.
+    let (status, _) = http(
+        &s.addr,
+        "GET",
+        "/v1/agents/a1/stats",
+        None,
+        b"",
+        &[("Cookie", "theme=dark; deskpulse_token=agent-a1-token")],
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn stream_is_scoped_snapshot_then_updates() {
+    let dir = DataDir::new("stream");
+    let s = Server::start(&dir.0, Some(CONFIG), "event");
+    let ts = 1_762_826_400_000;
+    let body = [
+        customer("s1", ts, "s1", "c1", "u1", Some("a1")),
+        customer("s2", ts, "s2", "c3", "u3", Some("a3")),
+    ]
+    .join("\n");
+    s.post("/v1/events", Some("ingest-token"), body.as_bytes()).await;
+    let mut sup = s.ws("/v1/stream", Some("sup-t1-token")).await.unwrap();
+    let mut agent = s.ws("/v1/stream", Some("agent-a1-token")).await.unwrap();
+    let snap = wait_for(&mut sup, T, |v| v["type"] == "snapshot")
+        .await
+        .expect("snapshot");
+    let names: Vec<&str> = snap["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a1", "a2"], "team t1 only");
+    assert!(snap["desk"].is_null());
+    let snap = wait_for(&mut agent, T, |v| v["type"] == "snapshot")
+        .await
+        .expect("snapshot");
+    assert_eq!(snap["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(snap["agents"][0]["agent"], "a1");
+    assert!(snap["teams"].as_array().unwrap().is_empty());
+    // A reply changes a1: the update reaches both, with the new numbers.
+    s.post(
+        "/v1/events",
+        Some("ingest-token"),
+        reply("s3", ts + 5_000, "s1", "c1", "u1", "a1").as_bytes(),
+    )
+    .await;
+    for ws in [&mut sup, &mut agent] {
+        let up = wait_for(ws, T, |v| {
+            v["type"] == "update"
+                && v["agents"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["agent"] == "a1" && x["today"]["responses"] == 1))
+        })
+        .await
+        .expect("update with the reply");
+        assert!(up["agents"].as_array().unwrap().iter().all(|x| x["agent"] != "a3"));
+    }
+}
+
+#[tokio::test]
+async fn customer_waiting_alert_fires_within_a_second_with_no_new_event() {
+    let dir = DataDir::new("alert");
+    let s = Server::start(&dir.0, Some(CONFIG), "wall");
+    let mut sup = s.ws("/v1/stream", Some("sup-t1-token")).await.unwrap();
+    wait_for(&mut sup, T, |v| v["type"] == "snapshot").await.unwrap();
+    // norm_ms = 2000: the wait crosses it 2 s after `start`.
+    let start = now_ms();
+    s.post(
+        "/v1/events",
+        Some("ingest-token"),
+        customer("w1", start, "s1", "c1", "u1", Some("a1")).as_bytes(),
+    )
+    .await;
+    let raised = wait_for(&mut sup, T, |v| v["type"] == "alert" && v["event"] == "raised")
+        .await
+        .expect("raised");
+    let delay = now_ms() - (start + 2000);
+    assert_eq!(raised["alert"]["rule"], "customer_waiting");
+    assert_eq!(raised["alert"]["agent"], "a1");
+    assert!(delay < 1000, "raised {delay} ms after the crossing");
+    let escalated = wait_for(&mut sup, T, |v| v["type"] == "alert" && v["event"] == "escalated")
+        .await
+        .expect("escalated");
+    assert_eq!(escalated["alert"]["severity"], "critical");
+    // Ack from the API reaches the subscriber, with who acked.
+    let id = raised["alert"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        s.post(&format!("/v1/alerts/{id}/ack"), Some("agent-a1-token"), b"")
+            .await
+            .0,
+        403
+    );
+    let (status, acked) = s.post(&format!("/v1/alerts/{id}/ack"), Some("sup-t1-token"), b"").await;
+    assert_eq!(status, 200, "{acked}");
+    let frame = wait_for(&mut sup, T, |v| v["type"] == "alert" && v["event"] == "acked")
+        .await
+        .expect("acked frame");
+    assert_eq!(frame["alert"]["acked_by"], acked["acked_by"]);
+    assert_eq!(s.post("/v1/alerts/nope/ack", Some("sup-t1-token"), b"").await.0, 404);
+    // The reply resolves it.
+    s.post(
+        "/v1/events",
+        Some("ingest-token"),
+        reply("w2", now_ms(), "s1", "c1", "u1", "a1").as_bytes(),
+    )
+    .await;
+    wait_for(&mut sup, T, |v| v["type"] == "alert" && v["event"] == "resolved")
+        .await
+        .expect("resolved");
+    let (_, all) = s.get("/v1/alerts?state=all&agent=a1", Some("admin-token")).await;
+    let ours = all["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .expect("kept in history");
+    assert_eq!(ours["acked_by"], acked["acked_by"]);
+    assert!(ours["resolved_at"].is_i64());
+    let (_, active) = s.get("/v1/alerts", Some("admin-token")).await;
+    assert!(
+        active["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["rule"] != "customer_waiting")
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_does_not_slow_ingest() {
+    let dir = DataDir::new("slow");
+    let s = Server::start(&dir.0, None, "event");
+    // Subscribes, then never reads a byte.
+    let _stuck = s.ws("/v1/stream?interval_ms=100", None).await.unwrap();
+    let mut reader = s.ws("/v1/stream?interval_ms=100", None).await.unwrap();
+    let mut ingest = s.ws("/v1/ingest", None).await.unwrap();
+    let ts = 1_762_826_400_000;
+    let frames = 300;
+    for k in 0..frames {
+        let batch: Vec<String> = (0..100)
+            .map(|i| {
+                customer(
+                    &format!("e{k}-{i}"),
+                    ts + k,
+                    &format!("s{}", i % 7),
+                    &format!("c{k}-{i}"),
+                    "u",
+                    Some(&format!("agent-{}", i % 40)),
+                )
+            })
+            .collect();
+        send(&mut ingest, format!("[{}]", batch.join(","))).await;
+    }
+    let mut acked = 0;
+    for _ in 0..frames {
+        let ack = next_json(&mut ingest, T)
+            .await
+            .expect("every frame acked while a subscriber is stuck");
+        acked += ack["accepted"].as_u64().unwrap();
+    }
+    assert_eq!(acked, 30_000);
+    // The other subscriber keeps getting updates.
+    let got = wait_for(&mut reader, T, |v| v["type"] == "update").await;
+    assert!(got.is_some());
+    let (_, desk) = s.get("/v1/desk/stats", None).await;
+    assert_eq!(desk["waiting"], 30_000);
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_no_acknowledged_event() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = DataDir::new("kill");
+    let s = Server::start(&dir.0, None, "event");
+    let ts = 1_762_826_400_000;
+    let frame = |k: u64| {
+        // Each event opens its own wait for a1: `waiting` counts them exactly.
+        let batch: Vec<String> = (0..50)
+            .map(|i| {
+                customer(
+                    &format!("k{k}-{i}"),
+                    ts + k as i64,
+                    "s1",
+                    &format!("c{k}-{i}"),
+                    "u",
+                    Some("a1"),
+                )
+            })
+            .collect();
+        format!("[{}]", batch.join(","))
+    };
+    let (mut tx, mut rx) = s.ws("/v1/ingest", None).await.unwrap().split();
+    let acked = Arc::new(AtomicU64::new(0));
+    let acks = acked.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = rx.next().await {
+            if let Ok(v) = serde_json::from_str::<Value>(msg.to_text().unwrap_or("")) {
+                acks.fetch_add(v["accepted"].as_u64().unwrap_or(0), Ordering::SeqCst);
+            }
+        }
+    });
+    let frames = 300u64;
+    for k in 0..frames {
+        tx.send(tokio_tungstenite::tungstenite::Message::Text(frame(k).into()))
+            .await
+            .unwrap();
+        // Kill while frames are in flight, once some acks have come back.
+        if k == frames / 2 {
+            let deadline = tokio::time::Instant::now() + T;
+            while acked.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let sent = frames * 50;
+    let parts = s.kill9();
+    reader.await.ok();
+    let acked = acked.load(Ordering::SeqCst);
+    assert!(acked > 0, "some frames were acknowledged before the kill");
+    let s = Server::restart(parts);
+    let (_, stats) = s.get("/v1/agents/a1/stats", None).await;
+    let recovered = stats["waiting"].as_u64().unwrap();
+    assert!(
+        recovered >= acked,
+        "acked {acked}, recovered {recovered}: an acknowledged event was lost"
+    );
+    assert!(recovered <= sent, "no event appears that was not sent");
+    // Re-sending everything: what survived is a duplicate, and the total is exact.
+    let mut ws = s.ws("/v1/ingest", None).await.unwrap();
+    let mut dup = 0;
+    for k in 0..frames {
+        send(&mut ws, frame(k)).await;
+        let ack = next_json(&mut ws, T).await.unwrap();
+        dup += ack["duplicates"].as_u64().unwrap();
+    }
+    assert_eq!(dup, recovered, "every recovered event is a duplicate on resend");
+    let (_, stats) = s.get("/v1/agents/a1/stats", None).await;
+    assert_eq!(
+        stats["waiting"].as_u64().unwrap(),
+        sent,
+        "each event counted exactly once"
+    );
+}
+
+#[tokio::test]
+async fn a_torn_log_tail_is_cut_and_duplicates_survive_restart() {
+    let dir = DataDir::new("torn");
+    let s = Server::start(&dir.0, None, "event");
+    let ts = 1_762_826_400_000;
+    let body = events_ndjson("t", 10, ts, "s1");
+    assert_eq!(s.post("/v1/events", None, body.as_bytes()).await.1["accepted"], 10);
+    let parts = s.kill9();
+    // A half-written record at the end of the segment.
+    let log_dir = parts.0.join("log");
+    let seg = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 1, b'{', b'"']);
+    std::fs::write(&seg, bytes).unwrap();
+    let s = Server::restart(parts);
+    let (_, stats) = s.get("/v1/agents/a1/stats", None).await;
+    assert_eq!(stats["waiting"], 10);
+    let (_, ack) = s.post("/v1/events", None, body.as_bytes()).await;
+    assert_eq!(
+        (ack["accepted"].as_u64(), ack["duplicates"].as_u64()),
+        (Some(0), Some(10))
+    );
+    let (_, ack) = s
+        .post("/v1/events", None, events_ndjson("n", 1, ts, "s1").as_bytes())
+        .await;
+    assert_eq!(ack["accepted"], 1, "appends continue after the cut");
+    let parts = s.kill9();
+    let s = Server::restart(parts);
+    assert_eq!(s.get("/v1/agents/a1/stats", None).await.1["waiting"], 11);
+}
+
+#[tokio::test]
+async fn sigterm_closes_sockets_with_a_close_frame_and_flushes() {
+    let dir = DataDir::new("term");
+    let s = Server::start(&dir.0, None, "event");
+    let mut sub = s.ws("/v1/stream", None).await.unwrap();
+    wait_for(&mut sub, T, |v| v["type"] == "snapshot").await.unwrap();
+    let (_, ack) = s
+        .post(
+            "/v1/events",
+            None,
+            events_ndjson("g", 5, 1_762_826_400_000, "s1").as_bytes(),
+        )
+        .await;
+    assert_eq!(ack["accepted"], 5);
+    let data = s.data_dir.clone();
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}");
+    // The subscriber got a close frame (1001), not a reset.
+    let mut closed = None;
+    use futures_util::StreamExt;
+    while let Ok(Some(msg)) = tokio::time::timeout(T, sub.next()).await {
+        if let Ok(tokio_tungstenite::tungstenite::Message::Close(frame)) = msg {
+            closed = frame.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(closed, Some(1001));
+    let _ = data;
+}
+
+#[tokio::test]
+async fn open_default_refuses_a_network_address() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(DataDir::new("open").0.join("d"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without tokens"));
+}
+
+#[tokio::test]
+async fn check_config_names_the_bad_key() {
+    let dir = DataDir::new("cfg");
+    let p = dir.0.join("bad.toml");
+    std::fs::write(&p, "[alerts]\nnorm_ms = 1000\nclear_ms = 5000\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"))
+        .arg("check-config")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("alerts.clear_ms"));
+    std::fs::write(&p, CONFIG).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"))
+        .arg("check-config")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
