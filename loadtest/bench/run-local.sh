@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Starts a fresh deskpulse on 127.0.0.1:0 (temp data dir, given clock),
+# runs `deskpulse-loadtest run` against it, and stops it again. Exit code
+# is the verdict's.
+#
+#   loadtest/bench/run-local.sh [run flags…]            # default: --clock event --duration 60s
+#   CLOCK=wall loadtest/bench/run-local.sh --duration 30s
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+CLOCK=${CLOCK:-event}
+[ -x target/release/deskpulse ] || cargo build --release -p deskpulse
+[ -x target/release/deskpulse-loadtest ] || cargo build --release -p deskpulse-loadtest
+TMP=$(mktemp -d /tmp/deskpulse-run.XXXXXX)
+target/release/deskpulse serve --listen 127.0.0.1:0 --data-dir "$TMP/data" --clock "$CLOCK" \
+    ${DESKPULSE_CONFIG:+--config "$DESKPULSE_CONFIG"} >"$TMP/out" 2>"$TMP/err" &
+PID=$!
+trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$TMP"' EXIT
+URL=""
+for _ in $(seq 1 300); do
+    URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$TMP/out" 2>/dev/null | head -1 || true)
+    [ -n "$URL" ] && break
+    kill -0 "$PID" 2>/dev/null || { echo "deskpulse exited:"; cat "$TMP/err"; exit 1; }
+    sleep 0.1
+done
+[ -n "$URL" ] || { echo "deskpulse did not print its address"; cat "$TMP/err"; exit 1; }
+echo "deskpulse $URL (pid $PID, clock $CLOCK, data $TMP/data)"
+set +e
+target/release/deskpulse-loadtest run --target "$URL" --server-pid "$PID" --clock "$CLOCK" "$@"
+RC=$?
+set -e
+if [ "$RC" != 0 ]; then echo "--- deskpulse stderr (tail) ---"; tail -20 "$TMP/err"; fi
+exit "$RC"
