@@ -206,43 +206,50 @@ fn bench_apply() {
 }
 
 fn bench_memory() {
-    // Agents each with a busy hour: 200 responses to 150 customers, inside
-    // the last hour, so every window (today, 1h, 15m, 5m) holds data.
+    // Every agent has a busy hour inside the last hour: `per_agent`
+    // conversations, each a customer message, a reply 5–95 s later and a
+    // close, to `per_agent * 3 / 4` distinct customers. So every window
+    // (today, 1h, 15m, 5m) holds data; no conversation stays open.
+    let per_agent = 120u64;
     for agents in [1_000u64, 100_000] {
         let before = rss_bytes();
         let mut engine = Engine::new(settings());
         let mut id = 0u64;
-        let per_agent = 200u64;
-        for a in 0..agents {
-            let shop = format!("shop-{}", a % 100);
-            let agent: deskpulse::protocol::AgentId = format!("agent-{a}").as_str().into();
-            for k in 0..per_agent {
-                let ts = START + 10 * 3_600_000 + (k as i64) * 17_000;
-                let conv = format!("c{a}-{}", k % 150);
-                for (dt, kind) in [
+        let base = START + 10 * 3_600_000;
+        for k in 0..per_agent {
+            // Interleave agents so time moves forward for everyone together.
+            for a in 0..agents {
+                let shop: deskpulse::protocol::ShopId = format!("shop-{}", a % 500).as_str().into();
+                let agent: deskpulse::protocol::AgentId = format!("agent-{a}").as_str().into();
+                let ts = base + (k as i64) * 25_000;
+                let conv: deskpulse::protocol::ConversationId = format!("c{a}-{k}").as_str().into();
+                let cust: deskpulse::protocol::CustomerId = format!("u{a}-{}", k % (per_agent * 3 / 4)).as_str().into();
+                let events = [
                     (
                         0,
                         EventKind::CustomerMessage {
-                            conversation: conv.as_str().into(),
-                            customer: format!("u{a}-{}", k % 150).as_str().into(),
+                            conversation: conv.clone(),
+                            customer: cust.clone(),
                             agent: Some(agent.clone()),
                         },
                     ),
                     (
                         5_000 + (k as i64 * 7919) % 90_000,
                         EventKind::AgentMessage {
-                            conversation: conv.as_str().into(),
-                            customer: format!("u{a}-{}", k % 150).as_str().into(),
-                            agent: agent.clone(),
+                            conversation: conv.clone(),
+                            customer: cust,
+                            agent,
                             auto: false,
                         },
                     ),
-                ] {
+                    (100_000, EventKind::Close { conversation: conv }),
+                ];
+                for (dt, kind) in events {
                     id += 1;
                     engine.apply(&Event {
                         id: format!("e{id}").as_str().into(),
                         ts: ts + dt,
-                        shop: shop.as_str().into(),
+                        shop: shop.clone(),
                         kind,
                     });
                 }
@@ -250,19 +257,20 @@ fn bench_memory() {
         }
         let census = engine.census();
         let grown = rss_bytes().saturating_sub(before);
-        let dedup_part = census.dedup_ids as u64 * 40;
+        // Dedup holds ~24 bytes per id plus table slack; report it apart.
+        let dedup_bytes = census.dedup_ids as f64 * 32.0;
+        let per_partial = (grown as f64 - dedup_bytes) / census.partials as f64;
         println!(
-            "memory: {agents} agents × {per_agent} responses: RSS +{:.1} MiB = {:.1} KiB per (agent, shop) partial \
-             ({} conversations open, dedup of {} ids ≈ {:.1} MiB included)",
+            "memory: {agents} agents × {per_agent} responses in the last hour (all windows populated): RSS +{:.1} MiB; \
+             {:.1} KiB per (agent, shop) partial incl. its customers, + {:.1} MiB for {} remembered event ids",
             grown as f64 / (1 << 20) as f64,
-            grown as f64 / census.partials as f64 / 1024.0,
-            census.conversations,
+            per_partial / 1024.0,
+            dedup_bytes / (1 << 20) as f64,
             census.dedup_ids,
-            dedup_part as f64 / (1 << 20) as f64,
         );
         drop(engine);
     }
-    // Open conversations, each with an open wait.
+    // Open conversations, each with an open wait and its own customer.
     let n = 1_000_000u64;
     let before = rss_bytes();
     let mut engine = Engine::new(settings());
@@ -280,7 +288,7 @@ fn bench_memory() {
     }
     let grown = rss_bytes().saturating_sub(before);
     println!(
-        "memory: {n} open conversations with waits: RSS +{:.1} MiB = {:.0} bytes per conversation (incl. customer, marks, dedup id)",
+        "memory: {n} open conversations with waits: RSS +{:.1} MiB = {:.0} bytes per conversation (incl. its customer, marks and event id)",
         grown as f64 / (1 << 20) as f64,
         grown as f64 / n as f64
     );

@@ -148,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 clock,
                 partitions: partitions.max(1),
                 push_interval: Duration::from_millis(config.server.push_interval_ms),
+                snapshot_every_events: config.server.snapshot_every_events,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(async move {

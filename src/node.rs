@@ -30,6 +30,8 @@ pub struct NodeOptions {
     pub partitions: usize,
     /// Live stream push interval.
     pub push_interval: Duration,
+    /// Take an engine snapshot after this many applied events.
+    pub snapshot_every_events: u64,
 }
 
 /// Why a batch was not taken.
@@ -75,17 +77,22 @@ enum LogCmd {
         ack: AckRecord,
         reply: oneshot::Sender<Result<Option<Alert>, NodeError>>,
     },
+    /// A snapshot covers every record below this sequence number.
+    Snapshotted(u64),
 }
 
+/// `through` is the sequence number after the command's records.
 enum EngineCmd {
     Apply {
         events: Vec<Event>,
         clock: Option<i64>,
+        through: u64,
         reply: Reply,
     },
     Ack {
         ack: AckRecord,
         clock: Option<i64>,
+        through: u64,
         reply: oneshot::Sender<Result<Option<Alert>, NodeError>>,
     },
     Tick,
@@ -140,32 +147,60 @@ impl Node {
     pub fn start(config: Arc<Config>, options: NodeOptions) -> std::io::Result<Self> {
         let started = Instant::now();
         let counters = Arc::new(Counters::default());
-        let mut desk = Desk::new(config.settings(options.clock), options.partitions);
+        let settings = config.settings(options.clock);
         let wall = options.clock == Clock::Wall;
         let log_dir = options.data_dir.join("log");
+        let snap_dir = options.data_dir.join("snapshots");
+        let (mut desk, from) = match log::snapshot::read_latest(&snap_dir)? {
+            Some((seq, body)) => match Desk::restore(settings.clone(), &body) {
+                Ok(desk) => {
+                    if desk.parts().len() != options.partitions {
+                        tracing::warn!(
+                            snapshot = desk.parts().len(),
+                            asked = options.partitions,
+                            "keeping the snapshot's partition count"
+                        );
+                    }
+                    tracing::info!(seq, "restored the engine snapshot");
+                    (desk, seq)
+                }
+                Err(e) => {
+                    return Err(std::io::Error::other(format!(
+                        "snapshot {seq} does not load ({e}); move {} away to rebuild from the log",
+                        snap_dir.display()
+                    )));
+                }
+            },
+            None => (Desk::new(settings, options.partitions), 0),
+        };
         let mut bad_records = 0u64;
         let (writer, recovery) =
-            LogWriter::open(&log_dir, 0, log::DEFAULT_SEGMENT_BYTES, |_, kind, payload| match kind {
-                RecordKind::Event => match std::str::from_utf8(payload)
-                    .map_err(|e| e.to_string())
-                    .and_then(parse_event)
-                {
-                    Ok(event) => {
-                        desk.apply(&event);
+            LogWriter::open(
+                &log_dir,
+                from,
+                log::DEFAULT_SEGMENT_BYTES,
+                |_, kind, payload| match kind {
+                    RecordKind::Event => match std::str::from_utf8(payload)
+                        .map_err(|e| e.to_string())
+                        .and_then(parse_event)
+                    {
+                        Ok(event) => {
+                            desk.apply(&event);
+                        }
+                        Err(_) => bad_records += 1,
+                    },
+                    RecordKind::AlertAck => {
+                        if let Ok(ack) = serde_json::from_slice::<AckRecord>(payload) {
+                            desk.ack_alert(&ack.id, &ack.by);
+                        }
                     }
-                    Err(_) => bad_records += 1,
+                    RecordKind::Clock => {
+                        if let Ok(bytes) = <[u8; 8]>::try_from(payload) {
+                            desk.tick(i64::from_le_bytes(bytes));
+                        }
+                    }
                 },
-                RecordKind::AlertAck => {
-                    if let Ok(ack) = serde_json::from_slice::<AckRecord>(payload) {
-                        desk.ack_alert(&ack.id, &ack.by);
-                    }
-                }
-                RecordKind::Clock => {
-                    if let Ok(bytes) = <[u8; 8]>::try_from(payload) {
-                        desk.tick(i64::from_le_bytes(bytes));
-                    }
-                }
-            })?;
+            )?;
         if wall {
             desk.tick(wall_ms());
         }
@@ -212,10 +247,17 @@ impl Node {
         }
         {
             let hub = hub.clone();
+            let snapshots = Snapshots {
+                dir: snap_dir,
+                every: options.snapshot_every_events.max(1),
+                log_tx: log_tx.downgrade(),
+                through: recovery.next_seq,
+                since: recovery.replayed,
+            };
             threads.push(
                 std::thread::Builder::new()
                     .name("deskpulse-engine".into())
-                    .spawn(move || fail_fast("engine", || engine_thread(desk, engine_rx, hub, wall)))?,
+                    .spawn(move || fail_fast("engine", || engine_thread(desk, engine_rx, hub, wall, snapshots)))?,
             );
         }
         let node = Self {
@@ -397,6 +439,7 @@ fn log_thread(
                     bytes += match &cmd {
                         LogCmd::Events { framed, .. } => framed.len(),
                         LogCmd::Ack { payload, .. } => payload.len(),
+                        LogCmd::Snapshotted(_) => 0,
                     };
                     batch.push(cmd);
                 }
@@ -409,10 +452,25 @@ fn log_thread(
             }
             continue;
         }
+        batch.retain(|cmd| match cmd {
+            LogCmd::Snapshotted(seq) => {
+                match writer.remove_before(*seq) {
+                    Ok(n) if n > 0 => tracing::info!(segments = n, "removed log segments covered by a snapshot"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not remove old log segments"),
+                }
+                false
+            }
+            _ => true,
+        });
+        if batch.is_empty() {
+            continue;
+        }
         let clock = wall.then(wall_ms);
         if let Some(now) = clock {
             writer.append(RecordKind::Clock, &now.to_le_bytes());
         }
+        let mut through = Vec::with_capacity(batch.len());
         for cmd in &batch {
             match cmd {
                 LogCmd::Events { framed, events, .. } => {
@@ -421,7 +479,9 @@ fn log_thread(
                 LogCmd::Ack { payload, .. } => {
                     writer.append(RecordKind::AlertAck, payload);
                 }
+                LogCmd::Snapshotted(_) => unreachable!("removed above"),
             }
+            through.push(writer.next_seq());
         }
         let t = Instant::now();
         if let Err(e) = writer.commit() {
@@ -437,13 +497,24 @@ fn log_thread(
         counters
             .commit_micros_total
             .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-        for cmd in batch.drain(..) {
+        for (cmd, through) in batch.drain(..).zip(through) {
             let next = match cmd {
                 LogCmd::Events { events, reply, .. } => {
                     counters.records.fetch_add(events.len() as u64, Ordering::Relaxed);
-                    EngineCmd::Apply { events, clock, reply }
+                    EngineCmd::Apply {
+                        events,
+                        clock,
+                        through,
+                        reply,
+                    }
                 }
-                LogCmd::Ack { ack, reply, .. } => EngineCmd::Ack { ack, clock, reply },
+                LogCmd::Ack { ack, reply, .. } => EngineCmd::Ack {
+                    ack,
+                    clock,
+                    through,
+                    reply,
+                },
+                LogCmd::Snapshotted(_) => unreachable!("removed above"),
             };
             if engine_tx.blocking_send(next).is_err() {
                 return;
@@ -462,25 +533,83 @@ fn refuse(cmd: LogCmd, why: &str) {
         LogCmd::Ack { reply, .. } => {
             reply.send(Err(err)).ok();
         }
+        LogCmd::Snapshotted(_) => {}
     }
 }
 
-fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wall: bool) {
+/// When and where the engine thread writes snapshots.
+struct Snapshots {
+    dir: PathBuf,
+    every: u64,
+    /// Weak, so the log thread can still see every sender go at shutdown.
+    log_tx: mpsc::WeakSender<LogCmd>,
+    /// Records below this sequence number are applied.
+    through: u64,
+    /// Events applied since the last snapshot.
+    since: u64,
+}
+
+impl Snapshots {
+    fn applied(&mut self, through: u64, events: u64) {
+        self.through = through;
+        self.since += events;
+    }
+
+    /// Writes a snapshot when due (or `force`d and anything changed); the
+    /// log may then drop the segments it covers.
+    fn maybe_write(&mut self, desk: &Desk, force: bool) {
+        if self.since < self.every && !(force && self.since > 0) {
+            return;
+        }
+        let started = Instant::now();
+        let body = desk.snapshot();
+        match log::snapshot::write(&self.dir, self.through, &body) {
+            Ok(()) => {
+                tracing::info!(
+                    seq = self.through,
+                    bytes = body.len(),
+                    millis = started.elapsed().as_millis() as u64,
+                    "wrote an engine snapshot"
+                );
+                self.since = 0;
+                // If the log is busy (or gone) the next snapshot removes the segments.
+                if let Some(tx) = self.log_tx.upgrade() {
+                    tx.try_send(LogCmd::Snapshotted(self.through)).ok();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not write a snapshot; the log keeps everything"),
+        }
+    }
+}
+
+fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wall: bool, mut snapshots: Snapshots) {
     let mut publisher = crate::publish::Publisher::default();
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
-            EngineCmd::Apply { events, clock, reply } => {
+            EngineCmd::Apply {
+                events,
+                clock,
+                through,
+                reply,
+            } => {
                 if let Some(now) = clock {
                     desk.tick(now);
                 }
                 let outcomes: Vec<Applied> = events.iter().map(|e| desk.apply(e)).collect();
                 reply.send(Ok(outcomes)).ok();
+                snapshots.applied(through, events.len() as u64);
             }
-            EngineCmd::Ack { ack, clock, reply } => {
+            EngineCmd::Ack {
+                ack,
+                clock,
+                through,
+                reply,
+            } => {
                 if let Some(now) = clock {
                     desk.tick(now);
                 }
                 reply.send(Ok(desk.ack_alert(&ack.id, &ack.by))).ok();
+                snapshots.applied(through, 1);
             }
             EngineCmd::Tick => {
                 if wall {
@@ -494,7 +623,9 @@ fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wa
         if !changes.is_empty() {
             hub.alerts(changes);
         }
+        snapshots.maybe_write(&desk, false);
     }
-    // Senders gone: a last publish so nothing is left unsent.
+    // Senders gone: a last publish, and a snapshot so the next start is quick.
     publisher.publish(&mut desk, &hub, false);
+    snapshots.maybe_write(&desk, true);
 }

@@ -604,3 +604,29 @@ proptest! {
         prop_assert_eq!(a.all_alerts(), b.all_alerts());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn a_snapshot_restore_in_the_middle_changes_nothing(ops in ops(), cut in 0usize..250) {
+        let events = events(&ops);
+        let cut = cut.min(events.len());
+        let whole = run_engine(&events);
+        let mut first = Engine::new(settings());
+        for e in &events[..cut] {
+            first.apply(e);
+        }
+        let bytes = first.snapshot();
+        let mut resumed = Engine::restore(settings(), &bytes).expect("restores");
+        for e in &events[cut..] {
+            resumed.apply(e);
+        }
+        for w in Window::ALL {
+            let a = serde_json::to_string(&deskpulse::replay::output(&whole, w, None)).unwrap();
+            let b = serde_json::to_string(&deskpulse::replay::output(&resumed, w, None)).unwrap();
+            prop_assert_eq!(a, b);
+        }
+        prop_assert_eq!(whole.all_alerts(), resumed.all_alerts());
+    }
+}

@@ -146,7 +146,7 @@ impl Reading {
 }
 
 /// Every alert of a partition: the active ones by key, and a day of history.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AlertBook {
     by_id: HashMap<String, Alert>,
     active: HashMap<(ShopId, AgentId, Rule), String>,

@@ -56,6 +56,22 @@ impl Desk {
         Self { parts, settings }
     }
 
+    /// Every partition's state as one snapshot body.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let parts: Vec<Vec<u8>> = self.parts.iter().map(Engine::snapshot).collect();
+        postcard::to_stdvec(&parts).expect("byte vectors serialize")
+    }
+
+    /// A desk restored from a snapshot body (with the snapshot's partition count).
+    pub fn restore(settings: Arc<Settings>, bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let parts: Vec<Vec<u8>> = postcard::from_bytes(bytes)?;
+        let parts = parts
+            .iter()
+            .map(|b| Engine::restore(settings.clone(), b))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { parts, settings })
+    }
+
     /// The settings.
     pub fn settings(&self) -> &Arc<Settings> {
         &self.settings

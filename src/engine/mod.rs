@@ -139,7 +139,7 @@ pub enum Applied {
 }
 
 /// Open waits of one scope: start ts → count.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Waits {
     starts: BTreeMap<i64, u32>,
     count: u64,
@@ -164,7 +164,7 @@ impl Waits {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Conversation {
     customer: CustomerId,
     agent: Option<AgentId>,
@@ -173,7 +173,7 @@ struct Conversation {
     last_ts: i64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Customer {
     flagged: bool,
     conversations: Vec<ConversationId>,
@@ -183,7 +183,7 @@ struct Customer {
 
 /// Latest times a customer counted for, was replied to by, and paid an
 /// agent; `i64::MIN` for never.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Marks {
     counted: i64,
     replied: i64,
@@ -201,7 +201,7 @@ impl Default for Marks {
 }
 
 /// One agent's state in one shop.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Partial {
     thresholds: Thresholds,
     /// Listed in `Engine::dirty_partials` since the last `take_dirty`.
@@ -235,7 +235,7 @@ impl Partial {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Shop {
     /// Listed in `Engine::dirty_shop_list` since the last `take_dirty`.
     dirty: bool,
@@ -247,7 +247,7 @@ struct Shop {
     samples: Samples,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct AgentInfo {
     status: Option<AgentStatus>,
     shops: BTreeSet<ShopId>,
@@ -370,9 +370,11 @@ pub struct Census {
 }
 
 /// The engine of one partition (a set of shops).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
+    #[serde(skip, default = "default_settings")]
     settings: Arc<Settings>,
+    #[serde(skip, default = "default_calendar")]
     calendar: Calendar,
     now: i64,
     max_ts: Option<i64>,
@@ -393,7 +395,34 @@ pub struct Engine {
     applied: u64,
 }
 
+fn default_settings() -> Arc<Settings> {
+    Arc::new(Settings::default())
+}
+
+fn default_calendar() -> Calendar {
+    Calendar::new(TimeZone::UTC)
+}
+
 impl Engine {
+    /// The engine's state as bytes (a snapshot); settings are not included.
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("engine state serializes")
+    }
+
+    /// An engine restored from `snapshot` bytes, under `settings` (thresholds
+    /// are re-resolved, so a changed config applies).
+    pub fn restore(settings: Arc<Settings>, bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let mut e: Engine = postcard::from_bytes(bytes)?;
+        e.calendar = Calendar::new(settings.timezone.clone());
+        for (shop, s) in &mut e.shops {
+            for (agent, p) in &mut s.partials {
+                p.thresholds = settings.thresholds_for(Some(agent), shop);
+            }
+        }
+        e.settings = settings;
+        Ok(e)
+    }
+
     /// An empty engine.
     pub fn new(settings: Arc<Settings>) -> Self {
         Self {

@@ -104,10 +104,49 @@ impl Range {
 
 /// A distribution of response times: exact while small, an HdrHistogram
 /// (1 ms .. 24 h, 2 significant figures, u32 counts) once large.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(into = "DistData", from = "DistData")]
 pub struct Dist {
     raw: Vec<u32>,
     hist: Option<Box<Histogram<u32>>>,
+}
+
+/// A [`Dist`] on disk: raw samples and the histogram's non-zero counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DistData {
+    raw: Vec<u32>,
+    counts: Option<Vec<(u64, u32)>>,
+}
+
+impl From<Dist> for DistData {
+    fn from(d: Dist) -> Self {
+        Self {
+            counts: d.hist.map(|h| {
+                h.iter_recorded()
+                    .map(|v| {
+                        (
+                            v.value_iterated_to(),
+                            u32::try_from(v.count_at_value()).unwrap_or(u32::MAX),
+                        )
+                    })
+                    .collect()
+            }),
+            raw: d.raw,
+        }
+    }
+}
+
+impl From<DistData> for Dist {
+    fn from(d: DistData) -> Self {
+        let hist = d.counts.map(|counts| {
+            let mut h = new_hist();
+            for (v, c) in counts {
+                h.saturating_record_n(v, c);
+            }
+            h
+        });
+        Self { raw: d.raw, hist }
+    }
 }
 
 fn new_hist() -> Box<Histogram<u32>> {
@@ -326,7 +365,7 @@ pub struct Mark {
 }
 
 /// One day's tally and distribution.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DaySlot {
     /// Start of the day (ms); the slot is empty when `None`.
     pub day_start: Option<i64>,
@@ -338,7 +377,7 @@ pub struct DaySlot {
 
 /// The marks of one scope: today's (and the day before's) tallies, and the
 /// exact marks of the last hour, sorted by `ts`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Samples {
     days: [DaySlot; 2],
     recent: VecDeque<Mark>,
@@ -607,6 +646,18 @@ mod tests {
         d.record(1_700_000_000_000);
         assert_eq!(d.heap_bytes(), before);
         assert_eq!(d.len(), 602);
+    }
+
+    #[test]
+    fn a_spilled_distribution_survives_serialization() {
+        let mut d = Dist::default();
+        for v in 0..2000u64 {
+            d.record(v * 97 % 400_000);
+        }
+        let bytes = postcard::to_stdvec(&d).unwrap();
+        let back: Dist = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.len(), d.len());
+        assert_eq!(back.quantiles([0.5, 0.9, 0.99]), d.quantiles([0.5, 0.9, 0.99]));
     }
 
     #[test]
