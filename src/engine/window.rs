@@ -123,12 +123,7 @@ impl From<Dist> for DistData {
         Self {
             counts: d.hist.map(|h| {
                 h.iter_recorded()
-                    .map(|v| {
-                        (
-                            v.value_iterated_to(),
-                            u32::try_from(v.count_at_value()).unwrap_or(u32::MAX),
-                        )
-                    })
+                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
                     .collect()
             }),
             raw: d.raw,
