@@ -205,13 +205,34 @@ fn bench_apply() {
     }
 }
 
+/// Each memory figure is taken in a fresh process, so memory freed by an
+/// earlier measurement cannot hide growth in a later one.
 fn bench_memory() {
+    let exe = std::env::current_exe().expect("bench binary path");
+    for case in ["agents-1000", "agents-100000", "conversations"] {
+        let out = std::process::Command::new(&exe)
+            .args(["memory-child", case])
+            .output()
+            .expect("run the memory child");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+fn memory_child(case: &str) {
+    match case {
+        "agents-1000" => memory_agents(1_000),
+        "agents-100000" => memory_agents(100_000),
+        _ => memory_conversations(),
+    }
+}
+
+fn memory_agents(agents: u64) {
     // Every agent has a busy hour inside the last hour: `per_agent`
     // conversations, each a customer message, a reply 5–95 s later and a
     // close, to `per_agent * 3 / 4` distinct customers. So every window
     // (today, 1h, 15m, 5m) holds data; no conversation stays open.
     let per_agent = 120u64;
-    for agents in [1_000u64, 100_000] {
+    {
         let before = rss_bytes();
         let mut engine = Engine::new(settings());
         let mut id = 0u64;
@@ -270,6 +291,9 @@ fn bench_memory() {
         );
         drop(engine);
     }
+}
+
+fn memory_conversations() {
     // Open conversations, each with an open wait and its own customer.
     let n = 1_000_000u64;
     let before = rss_bytes();
@@ -325,6 +349,11 @@ fn bench_replay() {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("memory-child") {
+        memory_child(args.get(2).map_or("", String::as_str));
+        return;
+    }
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     if want("apply") {

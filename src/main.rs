@@ -175,7 +175,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut engine = deskpulse::replay::engine(config.settings(Clock::Event));
             let stderr = std::io::stderr();
             let counts = if file.as_os_str() == "-" {
-                deskpulse::replay::apply_log(&mut engine, std::io::stdin().lock(), stderr.lock())?
+                deskpulse::replay::apply_log(
+                    &mut engine,
+                    BufReader::with_capacity(1 << 20, std::io::stdin()),
+                    stderr.lock(),
+                )?
             } else {
                 let f = std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
                 deskpulse::replay::apply_log(&mut engine, BufReader::with_capacity(1 << 20, f), stderr.lock())?

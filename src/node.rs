@@ -595,7 +595,7 @@ fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wa
                 if let Some(now) = clock {
                     desk.tick(now);
                 }
-                let outcomes: Vec<Applied> = events.iter().map(|e| desk.apply(e)).collect();
+                let outcomes: Vec<Applied> = desk.apply_batch(&events);
                 reply.send(Ok(outcomes)).ok();
                 snapshots.applied(through, events.len() as u64);
             }

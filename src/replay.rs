@@ -32,13 +32,53 @@ pub struct ReplayCounts {
     pub rejected: u64,
 }
 
+/// What the parsing thread hands to the applying one.
+enum Parsed {
+    Events(Vec<crate::protocol::Event>),
+    Note(String),
+}
+
 /// Applies every line of `input` to `engine`; bad lines go to `errors` as
-/// `line N: reason`.
-pub fn apply_log(engine: &mut Engine, input: impl BufRead, mut errors: impl Write) -> std::io::Result<ReplayCounts> {
+/// `line N: reason`. One thread parses while this one applies, in order.
+pub fn apply_log(
+    engine: &mut Engine,
+    input: impl BufRead + Send,
+    mut errors: impl Write,
+) -> std::io::Result<ReplayCounts> {
     let mut counts = ReplayCounts::default();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Parsed>(16);
+    std::thread::scope(|scope| {
+        let parser = scope.spawn(move || parse_lines(input, tx));
+        for item in rx {
+            match item {
+                Parsed::Events(events) => {
+                    for event in &events {
+                        match engine.apply(event) {
+                            crate::engine::Applied::Accepted => counts.accepted += 1,
+                            crate::engine::Applied::Duplicate => counts.duplicates += 1,
+                        }
+                    }
+                }
+                Parsed::Note(line) => {
+                    if !line.contains("unknown field") {
+                        counts.rejected += 1;
+                    }
+                    writeln!(errors, "{line}")?;
+                }
+            }
+        }
+        parser.join().expect("the parser thread does not panic")
+    })?;
+    Ok(counts)
+}
+
+fn parse_lines(mut reader: impl BufRead, tx: std::sync::mpsc::SyncSender<Parsed>) -> std::io::Result<()> {
+    const CHUNK: usize = 1024;
     let mut line = Vec::new();
-    let mut reader = input;
     let mut number = 0u64;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    // A closed receiver means the applier stopped on an error: stop too.
+    let send = |item: Parsed| tx.send(item).is_ok();
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
@@ -50,7 +90,6 @@ pub fn apply_log(engine: &mut Engine, input: impl BufRead, mut errors: impl Writ
         }
         let batch = parse_batch(&line, UnknownFields::Warn);
         if batch.len() != 1 || batch.events.is_empty() {
-            counts.rejected += 1;
             let reason = batch
                 .rejected
                 .first()
@@ -59,20 +98,31 @@ pub fn apply_log(engine: &mut Engine, input: impl BufRead, mut errors: impl Writ
                     None => r.error.clone(),
                 })
                 .unwrap_or_else(|| "expected exactly one event per line".into());
-            writeln!(errors, "line {number}: {reason}")?;
+            if !chunk.is_empty() && !send(Parsed::Events(std::mem::take(&mut chunk))) {
+                return Ok(());
+            }
+            if !send(Parsed::Note(format!("line {number}: {reason}"))) {
+                return Ok(());
+            }
             continue;
         }
         for w in &batch.warnings {
-            writeln!(errors, "line {number}: event {}: {}", w.id, w.warning)?;
-        }
-        for (_, event) in &batch.events {
-            match engine.apply(event) {
-                crate::engine::Applied::Accepted => counts.accepted += 1,
-                crate::engine::Applied::Duplicate => counts.duplicates += 1,
+            if !chunk.is_empty() && !send(Parsed::Events(std::mem::take(&mut chunk))) {
+                return Ok(());
+            }
+            if !send(Parsed::Note(format!("line {number}: event {}: {}", w.id, w.warning))) {
+                return Ok(());
             }
         }
+        chunk.extend(batch.events.into_iter().map(|(_, e)| e));
+        if chunk.len() >= CHUNK && !send(Parsed::Events(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))) {
+            return Ok(());
+        }
     }
-    Ok(counts)
+    if !chunk.is_empty() {
+        send(Parsed::Events(chunk));
+    }
+    Ok(())
 }
 
 /// The stats of every agent (or those serving `shop`) in `window`.

@@ -89,17 +89,41 @@ impl Desk {
 
     /// Applies one event in its partition.
     pub fn apply(&mut self, event: &Event) -> Applied {
+        let applied = self.route(event);
+        self.settle();
+        applied
+    }
+
+    /// Applies a batch that arrived at one instant, judging the wait rules
+    /// once at the end (wall clock). With the event clock each event is
+    /// judged on its own, as in replay.
+    pub fn apply_batch(&mut self, events: &[Event]) -> Vec<Applied> {
+        if self.settings.clock == super::Clock::Event {
+            return events.iter().map(|e| self.apply(e)).collect();
+        }
+        let out = events.iter().map(|e| self.route(e)).collect();
+        self.settle();
+        out
+    }
+
+    fn route(&mut self, event: &Event) -> Applied {
         let n = self.parts.len();
         let owner = partition_of(&event.shop, n);
-        let applied = self.parts[owner].apply(event);
+        let applied = self.parts[owner].apply_deferred(event);
         if applied == Applied::Accepted && matches!(event.kind, EventKind::Status { .. }) && n > 1 {
             for (i, p) in self.parts.iter_mut().enumerate() {
                 if i != owner {
-                    p.apply(event);
+                    p.apply_deferred(event);
                 }
             }
         }
         applied
+    }
+
+    fn settle(&mut self) {
+        for p in &mut self.parts {
+            p.settle();
+        }
     }
 
     /// Moves every partition's clock to `now`.

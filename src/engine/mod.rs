@@ -468,6 +468,15 @@ impl Engine {
     /// Applies one validated event. With the event clock, time first moves
     /// to the event's `ts`, so rules see the world as it was just before it.
     pub fn apply(&mut self, event: &Event) -> Applied {
+        let applied = self.apply_deferred(event);
+        self.settle();
+        applied
+    }
+
+    /// Applies an event but leaves the wait rules for [`Engine::settle`]:
+    /// a batch that holds both a customer message and its reply is judged
+    /// as a whole (wall clock: the batch arrives at one `now`).
+    pub fn apply_deferred(&mut self, event: &Event) -> Applied {
         if self.settings.clock == Clock::Event {
             self.tick(event.ts);
         }
@@ -519,8 +528,16 @@ impl Engine {
             EventKind::Flag { customer, .. } => self.flag(shop_id, customer),
             EventKind::OrderPaid { customer, amount, .. } => self.order(shop_id, customer, *amount, ts),
         }
-        // Rules see the event as a whole: a transfer and the reply in the
-        // same message never raise and resolve in one instant.
+        Applied::Accepted
+    }
+
+    /// Runs the wait rules for every partial touched since the last call.
+    /// Rules see an event (or a batch) as a whole: a transfer and the reply
+    /// in the same message never raise and resolve in one instant.
+    pub fn settle(&mut self) {
+        if self.touched.is_empty() {
+            return;
+        }
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort();
         touched.dedup();
@@ -528,7 +545,6 @@ impl Engine {
             self.check_waiting(&shop, &agent);
         }
         self.touched = touched;
-        Applied::Accepted
     }
 
     /// Moves time forward to `now` (never back) and runs the time-driven
