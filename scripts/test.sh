@@ -32,4 +32,9 @@ if [ -f dashboards/package.json ]; then
   (cd dashboards && npm ci --no-audit --no-fund && DESKPULSE_BIN=../target/debug/deskpulse node --test --test-concurrency=1 tests/)
 fi
 
+step "load test: the 11.11 scenario against the real server, checked against its ground truth"
+cargo build --bin deskpulse -p deskpulse -p deskpulse-loadtest
+BIN_DIR=target/debug loadtest/bench/run-local.sh --duration 20s --connections 4 --subscribers 2 \
+  --out-dir "$(mktemp -d /tmp/deskpulse-ci-loadtest.XXXXXX)"
+
 step "all tests passed"

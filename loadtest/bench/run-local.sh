@@ -9,10 +9,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 CLOCK=${CLOCK:-event}
-[ -x target/release/deskpulse ] || cargo build --release -p deskpulse
-[ -x target/release/deskpulse-loadtest ] || cargo build --release -p deskpulse-loadtest
+# BIN_DIR=target/debug uses (and builds) the debug binaries, as CI does.
+BIN_DIR=${BIN_DIR:-target/release}
+if [ "$BIN_DIR" = target/release ]; then PROFILE=(--release); else PROFILE=(); fi
+[ -x "$BIN_DIR/deskpulse" ] || cargo build "${PROFILE[@]}" -p deskpulse
+[ -x "$BIN_DIR/deskpulse-loadtest" ] || cargo build "${PROFILE[@]}" -p deskpulse-loadtest
 TMP=$(mktemp -d /tmp/deskpulse-run.XXXXXX)
-target/release/deskpulse serve --listen 127.0.0.1:0 --data-dir "$TMP/data" --clock "$CLOCK" \
+"$BIN_DIR/deskpulse" serve --listen 127.0.0.1:0 --data-dir "$TMP/data" --clock "$CLOCK" \
     ${DESKPULSE_CONFIG:+--config "$DESKPULSE_CONFIG"} >"$TMP/out" 2>"$TMP/err" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$TMP"' EXIT
@@ -26,7 +29,7 @@ done
 [ -n "$URL" ] || { echo "deskpulse did not print its address"; cat "$TMP/err"; exit 1; }
 echo "deskpulse $URL (pid $PID, clock $CLOCK, data $TMP/data)"
 set +e
-target/release/deskpulse-loadtest run --target "$URL" --server-pid "$PID" --clock "$CLOCK" "$@"
+"$BIN_DIR/deskpulse-loadtest" run --target "$URL" --server-pid "$PID" --clock "$CLOCK" "$@"
 RC=$?
 set -e
 if [ "$RC" != 0 ]; then echo "--- deskpulse stderr (tail) ---"; tail -20 "$TMP/err"; fi

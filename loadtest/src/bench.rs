@@ -234,8 +234,7 @@ async fn phase(
 }
 
 fn events_for(world: &Arc<World>, seed: u64, n: usize) -> Vec<Event> {
-    let base = crate::run::count_events(world, seed, world.start_ts, world.scenario.span.0).max(1);
-    let scale = (n as f64 / base as f64 * 1.3).max(1e-6);
+    let scale = crate::run::arrival_scale_for(world, seed, world.start_ts, world.scenario.span.0, n as f64 * 1.1);
     Generator::new(world.clone(), seed, world.start_ts, world.scenario.span.0, scale)
         .take(n)
         .collect()

@@ -465,10 +465,17 @@ pub async fn tcp_peer(
         let mut rx = rx;
         async move {
             let mut seq = 0u64;
+            let mut rx_open = true;
+            // Runs until the reader is done (it drops `pong_tx`), so a PING
+            // that arrives after the last frame is still answered.
             loop {
                 tokio::select! {
-                    f = rx.recv() => {
-                        let Some(f) = f else { break };
+                    f = rx.recv(), if rx_open => {
+                        let Some(f) = f else {
+                            rx_open = false;
+                            done.store(true, Ordering::SeqCst);
+                            continue;
+                        };
                         sem.acquire().await.context("window semaphore closed")?.forget();
                         seq += 1;
                         let n = f.intended_us.len();
@@ -476,10 +483,12 @@ pub async fn tcp_peer(
                         inflight.lock().expect("inflight lock").push_back(InFlight { seq, intended_us: f.intended_us, sent_us, remaining: n });
                         w.write_all(&f.payload).await.context("writing to peer")?;
                     }
-                    Some(()) = pong_rx.recv() => w.write_all(b"PONG\r\n").await?,
+                    p = pong_rx.recv() => match p {
+                        Some(()) => w.write_all(b"PONG\r\n").await?,
+                        None => break,
+                    },
                 }
             }
-            done.store(true, Ordering::SeqCst);
             anyhow::Ok(w)
         }
     };

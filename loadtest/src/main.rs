@@ -206,10 +206,7 @@ fn generate(a: GenArgs) -> Result<()> {
     let world = Arc::new(World::build(&scenario, a.seed)?);
     let (ts0, span) = (world.start_ts, world.scenario.span.0);
     let scale = match a.events {
-        Some(n) => {
-            let base = run::count_events(&world, a.seed, ts0, span).max(1);
-            (n as f64 / base as f64 * 1.3).max(1e-6)
-        }
+        Some(n) => run::arrival_scale_for(&world, a.seed, ts0, span, n as f64 * 1.1),
         None => 1.0,
     };
     let limit = a.events.unwrap_or(u64::MAX);

@@ -452,9 +452,18 @@ async fn progress(rec: Rec, stop: Arc<AtomicBool>, total_s: f64) {
     eprintln!();
 }
 
-/// Counts the events a scenario produces (for `--rate` scaling).
-pub fn count_events(world: &Arc<World>, seed: u64, ts0: i64, span: i64) -> u64 {
-    Generator::new(world.clone(), seed, ts0, span, 1.0).count() as u64
+/// The arrival scale that makes the scenario produce about `target`
+/// events: status events do not scale, everything else does.
+pub fn arrival_scale_for(world: &Arc<World>, seed: u64, ts0: i64, span: i64, target: f64) -> f64 {
+    let (mut status, mut other) = (0u64, 0u64);
+    for e in Generator::new(world.clone(), seed, ts0, span, 1.0) {
+        if e.kind == crate::events::Kind::Status {
+            status += 1;
+        } else {
+            other += 1;
+        }
+    }
+    ((target - status as f64) / other.max(1) as f64).max(1e-6)
 }
 
 /// Runs the load and writes the reports; returns the result JSON.
@@ -470,7 +479,7 @@ pub async fn run(o: RunOpts) -> Result<Value> {
     let wall_now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
-    let (ts0, span, compression) = match o.clock {
+    let (mut ts0, span, compression) = match o.clock {
         Clock::Event => (
             world.start_ts,
             world.scenario.span.0,
@@ -479,10 +488,7 @@ pub async fn run(o: RunOpts) -> Result<Value> {
         Clock::Wall => (wall_now_ms + LEAD_US as i64 / 1000, o.duration_ms, 1.0),
     };
     let arrival_scale = match o.rate {
-        Some(r) => {
-            let n = count_events(&world, o.seed, ts0, span).max(1);
-            r * o.duration_ms as f64 / 1000.0 / n as f64
-        }
+        Some(r) => arrival_scale_for(&world, o.seed, ts0, span, r * o.duration_ms as f64 / 1000.0),
         None => 1.0,
     };
     let pid = o.server_pid.or_else(|| procstat::find_listener(target.port));
@@ -532,6 +538,13 @@ pub async fn run(o: RunOpts) -> Result<Value> {
     // The schedule starts now.
     let t0 = Instant::now();
     lock(&rec).t0 = t0;
+    if o.clock == Clock::Wall {
+        // Stamp events from the wall clock as of the schedule's start.
+        ts0 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64
+            + LEAD_US as i64 / 1000;
+    }
     let sched = Schedule { ts0, compression };
     let stop = Arc::new(AtomicBool::new(false));
     let stop_bg = Arc::new(AtomicBool::new(false));
@@ -624,6 +637,34 @@ pub async fn run(o: RunOpts) -> Result<Value> {
         Err(e) => fetch_error = Some(format!("GET /v1/agents?window=today: {e:#}")),
     }
     let alerts_api = target.get_json("/v1/alerts?state=all", o.token.as_deref()).await.ok();
+    // Silent orders (静默下单) are per shop: compare them there.
+    let mut shop_mismatches = Vec::new();
+    let mut shops_checked = 0;
+    for shop in &world.shop_names {
+        let (n, fen) = out.truth.silent.get(shop).copied().unwrap_or((0, 0));
+        let mismatch = |field: &str, expected: Value, got: Value| verdict::Mismatch {
+            agent: format!("shop {shop}"),
+            field: field.to_string(),
+            expected,
+            got,
+        };
+        match target
+            .get_json(&format!("/v1/shops/{shop}/stats?window=today"), o.token.as_deref())
+            .await
+        {
+            Ok((200, v)) => {
+                shops_checked += 1;
+                for (f, e) in [("silent_orders", n), ("silent_sales_fen", fen)] {
+                    if v[f].as_u64() != Some(e) {
+                        shop_mismatches.push(mismatch(f, json!(e), v[f].clone()));
+                    }
+                }
+            }
+            Ok((404, _)) if (n, fen) == (0, 0) => {}
+            Ok((st, v)) => shop_mismatches.push(mismatch("(GET stats)", json!(200), json!(format!("{st}: {v}")))),
+            Err(e) => shop_mismatches.push(mismatch("(GET stats)", json!(200), json!(format!("{e:#}")))),
+        }
+    }
     stop_subs.store(true, Ordering::Relaxed);
     for t in sub_tasks {
         match tokio::time::timeout(Duration::from_secs(2), t).await {
@@ -638,7 +679,9 @@ pub async fn run(o: RunOpts) -> Result<Value> {
     }
     // Verdict.
     let truth = out.truth;
-    let stats_check = verdict::compare_stats(&truth, &server_agents);
+    let mut stats_check = verdict::compare_stats(&truth, &server_agents);
+    stats_check.mismatches.extend(shop_mismatches);
+    stats_check.figures += 2 * shops_checked;
     let lg = stream_log.lock().expect("stream log lock");
     let alert_check = (o.subscribers > 0).then(|| verdict::score_alerts(&truth, &lg.raised));
     let mut alert_delay = conn::hist();

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use deskpulse_loadtest::run::{Clock, RunOpts, run};
 use deskpulse_loadtest::scenario::{Millis, Scenario};
-use deskpulse_loadtest::truth::{LogReader, Truth, TruthConfig};
+use deskpulse_loadtest::truth::{LogReader, Truth, TruthConfig, TruthReport};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 struct Mock {
     reader: LogReader,
     truth: Option<Truth>,
+    report: Option<TruthReport>,
     /// Apply only every n-th accepted event when `lose_every` > 0 (a broken server).
     lose_every: u64,
     seen: u64,
@@ -83,6 +84,7 @@ async fn handle(mut s: TcpStream, state: Arc<Mutex<Mock>>) {
         let mut st = state.lock().unwrap();
         let truth = st.truth.take().unwrap();
         let report = truth.finish(&st.reader.agents, &st.reader.shops);
+        st.report = Some(report.clone());
         let agents: Vec<serde_json::Value> = report
             .agents
             .iter()
@@ -93,6 +95,14 @@ async fn handle(mut s: TcpStream, state: Arc<Mutex<Mock>>) {
             })
             .collect();
         json!({"now": report.now, "window": "today", "agents": agents}).to_string()
+    } else if let Some(shop) = path.strip_prefix("/v1/shops/").and_then(|p| p.split('/').next()) {
+        let st = state.lock().unwrap();
+        let (n, fen) = st
+            .report
+            .as_ref()
+            .and_then(|r| r.silent.get(shop).copied())
+            .unwrap_or((0, 0));
+        json!({"shop": shop, "silent_orders": n, "silent_sales_fen": fen}).to_string()
     } else if path.starts_with("/v1/alerts") {
         json!({"alerts": []}).to_string()
     } else {
@@ -122,6 +132,7 @@ async fn start_mock(lose_every: u64) -> String {
     let state = Arc::new(Mutex::new(Mock {
         reader: LogReader::default(),
         truth: Some(Truth::new(TruthConfig::of(&scenario()))),
+        report: None,
         lose_every,
         seen: 0,
     }));
