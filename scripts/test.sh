@@ -33,7 +33,7 @@ if [ -f dashboards/package.json ]; then
 fi
 
 step "load test: the 11.11 scenario against the real server, checked against its ground truth"
-cargo build --bin deskpulse -p deskpulse -p deskpulse-loadtest
+cargo build -p deskpulse -p deskpulse-loadtest --bins
 BIN_DIR=target/debug loadtest/bench/run-local.sh --duration 20s --connections 4 --subscribers 2 \
   --out-dir "$(mktemp -d /tmp/deskpulse-ci-loadtest.XXXXXX)"
 

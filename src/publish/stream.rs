@@ -250,6 +250,9 @@ where
         return end;
     }
     let mut pending = Pending::default();
+    // Updates go out as soon as they arrive unless one went out less than
+    // `interval` ago; then the timer sends what piled up.
+    let mut last_sent = tokio::time::Instant::now() - interval;
     let mut flush = tokio::time::interval(interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
@@ -260,7 +263,8 @@ where
                 Some(Ok(_)) => {} // pings are answered by the socket; other input is ignored
             },
             _ = flush.tick() => {
-                if !pending.is_empty() {
+                if !pending.is_empty() && last_sent.elapsed() >= interval {
+                    last_sent = tokio::time::Instant::now();
                     let frame = pending.take_frame();
                     if let Err(end) = send(&mut sink, frame).await {
                         break end;
@@ -268,7 +272,16 @@ where
                 }
             }
             item = rx.recv() => match item {
-                Ok(Published::Update(batch)) => pending.add(&batch, &scope),
+                Ok(Published::Update(batch)) => {
+                    pending.add(&batch, &scope);
+                    if !pending.is_empty() && last_sent.elapsed() >= interval {
+                        last_sent = tokio::time::Instant::now();
+                        let frame = pending.take_frame();
+                        if let Err(end) = send(&mut sink, frame).await {
+                            break end;
+                        }
+                    }
+                }
                 Ok(Published::Alert(change)) => {
                     if scope.sees_alert(&change.alert) {
                         let frame = serde_json::json!({"type": "alert", "event": change.event, "alert": change.alert}).to_string();
