@@ -79,6 +79,12 @@ impl Server {
             allowed_origins: self.config.server.allowed_origins.clone(),
             started: self.started,
         });
+        // The read model is full before the first subscriber can connect.
+        self.node.publish_now().await;
+        self.node
+            .query(|_| ())
+            .await
+            .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
         self.node.spawn_timers(cancel.clone());
         let router = http::router(app.clone());
         let stop = cancel.clone();
