@@ -109,6 +109,20 @@ struct AckRecord {
     by: String,
 }
 
+/// The outcome of an enqueued batch, once durable and applied.
+#[derive(Debug)]
+pub struct Pending(Option<oneshot::Receiver<Result<Vec<Applied>, NodeError>>>);
+
+impl Pending {
+    /// Waits for the outcome.
+    pub async fn wait(self) -> Result<Vec<Applied>, NodeError> {
+        match self.0 {
+            None => Ok(Vec::new()),
+            Some(rx) => rx.await.map_err(|_| NodeError::Stopped)?,
+        }
+    }
+}
+
 /// The handle every connection holds.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -328,8 +342,15 @@ impl Node {
 
     /// Makes `events` durable, applies them, and returns each one's outcome.
     pub async fn submit(&self, events: Vec<Event>) -> Result<Vec<Applied>, NodeError> {
+        self.enqueue(events).await?.wait().await
+    }
+
+    /// Queues `events` for the log (in call order) and returns a handle for
+    /// their outcome; a connection enqueues frames one after the other and
+    /// waits for the answers concurrently, so its events stay in order.
+    pub async fn enqueue(&self, events: Vec<Event>) -> Result<Pending, NodeError> {
         if events.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Pending(None));
         }
         if !self.storage_ok() {
             return Err(NodeError::Storage("an earlier write or fsync failed".into()));
@@ -344,7 +365,7 @@ impl Node {
             .send(LogCmd::Events { framed, events, reply })
             .await
             .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        Ok(Pending(Some(rx)))
     }
 
     /// Logs and applies an acknowledgement; `None` if the alert is unknown.

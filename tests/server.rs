@@ -638,3 +638,41 @@ async fn snapshots_bound_recovery_and_keep_every_number() {
         .await;
     assert_eq!(ack["duplicates"], 1);
 }
+
+#[tokio::test]
+async fn pipelined_frames_of_one_connection_apply_in_order() {
+    let dir = DataDir::new("order");
+    let s = Server::start(&dir.0, None, "event");
+    let mut ws = s.ws("/v1/ingest", None).await.unwrap();
+    let ts = 1_762_826_400_000;
+    // One conversation, one event per frame, all sent before any ack is read:
+    // a message, its reply a second later, and so on.
+    // Big frames of filler between them keep the log busy.
+    for k in 0..200i64 {
+        let frame = if k % 2 == 0 {
+            let mut lines: Vec<String> = (0..400)
+                .map(|i| {
+                    customer(
+                        &format!("f{k}-{i}"),
+                        ts + k * 1000,
+                        "s2",
+                        &format!("c{k}-{i}"),
+                        "u",
+                        Some("a9"),
+                    )
+                })
+                .collect();
+            lines.push(customer(&format!("o{k}"), ts + k * 1000, "s1", "c1", "u1", Some("a1")));
+            lines.join("\n")
+        } else {
+            reply(&format!("o{k}"), ts + k * 1000, "s1", "c1", "u1", "a1")
+        };
+        send(&mut ws, frame).await;
+    }
+    for k in 1..=200u64 {
+        assert_eq!(next_json(&mut ws, T).await.unwrap()["seq"], k);
+    }
+    let (_, stats) = s.get("/v1/agents/a1/stats", None).await;
+    assert_eq!(stats["responses"], 100, "{stats}");
+    assert_eq!(stats["max_ms"], 1000, "every reply followed its own message: {stats}");
+}

@@ -304,7 +304,10 @@ async fn ws_stream(
     let (_, scope) = reader(&app, &headers)?;
     check_origin(&app, &headers)?;
     let base = app.node.config().server.push_interval_ms;
-    let interval = Duration::from_millis(q.interval_ms.unwrap_or(base).clamp(base.min(100), 10_000));
+    // The engine publishes once per push interval already; a subscriber
+    // only coalesces further when it asked for a longer interval.
+    let asked = q.interval_ms.unwrap_or(base).clamp(100, 10_000);
+    let interval = Duration::from_millis(if asked <= base { 0 } else { asked });
     let hub = app.node.hub().clone();
     let node = app.node.clone();
     let shutdown = app.shutdown.clone();

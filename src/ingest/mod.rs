@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Role;
 use crate::engine::{Applied, Clock};
 use crate::http::auth::Principal;
-use crate::node::{Node, wall_ms};
+use crate::node::{Node, NodeError, wall_ms};
 use crate::protocol::{Rejection, ShopId, Warning, parse_batch};
 
 /// Frames of one connection being stored at once.
@@ -60,16 +60,25 @@ pub fn writable_shops(p: &Principal) -> Option<Option<&BTreeSet<ShopId>>> {
     }
 }
 
-/// Parses, checks and stores one batch; the answer says what happened to
-/// every event.
-pub async fn process(node: &Node, principal: &Principal, bytes: &[u8], max_bytes: usize) -> Ack {
+/// A batch checked and queued for the log, waiting for its outcome.
+#[derive(Debug)]
+pub struct Queued {
+    pending: Result<crate::node::Pending, NodeError>,
+    count: usize,
+    rejected: Vec<Rejection>,
+    warnings: Vec<Warning>,
+}
+
+/// Parses, checks and queues one batch (in call order); the answer comes
+/// from [`finish`].
+pub async fn enqueue(node: &Node, principal: &Principal, bytes: &[u8], max_bytes: usize) -> Result<Queued, Ack> {
     let counters = node.counters();
     counters.frames.fetch_add(1, Ordering::Relaxed);
     if bytes.len() > max_bytes {
-        return Ack::refused(format!(
+        return Err(Ack::refused(format!(
             "frame too large: {} bytes (limit {max_bytes}); no event taken",
             bytes.len()
-        ));
+        )));
     }
     let config = node.config();
     let mut batch = parse_batch(bytes, config.ingest.unknown_fields);
@@ -104,11 +113,26 @@ pub async fn process(node: &Node, principal: &Principal, bytes: &[u8], max_bytes
     counters
         .events_rejected
         .fetch_add(batch.rejected.len() as u64, Ordering::Relaxed);
-    let n = events.len();
-    match node.submit(events).await {
+    let count = events.len();
+    Ok(Queued {
+        pending: node.enqueue(events).await,
+        count,
+        rejected: batch.rejected,
+        warnings: batch.warnings,
+    })
+}
+
+/// Waits for a queued batch to be durable and applied, and builds its ack.
+pub async fn finish(node: &Node, queued: Queued) -> Ack {
+    let counters = node.counters();
+    let outcome = match queued.pending {
+        Ok(p) => p.wait().await,
+        Err(e) => Err(e),
+    };
+    match outcome {
         Ok(outcomes) => {
             let duplicates = outcomes.iter().filter(|o| **o == Applied::Duplicate).count() as u64;
-            let accepted = n as u64 - duplicates;
+            let accepted = queued.count as u64 - duplicates;
             counters.events_accepted.fetch_add(accepted, Ordering::Relaxed);
             counters.events_duplicate.fetch_add(duplicates, Ordering::Relaxed);
             Ack {
@@ -116,16 +140,25 @@ pub async fn process(node: &Node, principal: &Principal, bytes: &[u8], max_bytes
                 seq: None,
                 accepted,
                 duplicates,
-                rejected: batch.rejected,
-                warnings: batch.warnings,
+                rejected: queued.rejected,
+                warnings: queued.warnings,
                 error: None,
             }
         }
         Err(e) => {
             let mut ack = Ack::refused(format!("{e}; the valid events of this batch were not stored"));
-            ack.rejected = batch.rejected;
+            ack.rejected = queued.rejected;
             ack
         }
+    }
+}
+
+/// Parses, checks and stores one batch; the answer says what happened to
+/// every event.
+pub async fn process(node: &Node, principal: &Principal, bytes: &[u8], max_bytes: usize) -> Ack {
+    match enqueue(node, principal, bytes, max_bytes).await {
+        Ok(queued) => finish(node, queued).await,
+        Err(ack) => ack,
     }
 }
 
@@ -145,11 +178,14 @@ where
             msg = incoming.next(), if !closing && pending.len() < IN_FLIGHT => match msg {
                 Some(Ok(Message::Text(text))) => {
                     seq += 1;
-                    pending.push_back(frame(node.clone(), principal.clone(), seq, text.as_bytes().to_vec(), max));
+                    // Queued here, in frame order; only the waiting overlaps.
+                    let queued = enqueue(&node, &principal, text.as_bytes(), max).await;
+                    pending.push_back(frame(node.clone(), seq, queued));
                 }
                 Some(Ok(Message::Binary(bytes))) => {
                     seq += 1;
-                    pending.push_back(frame(node.clone(), principal.clone(), seq, bytes.to_vec(), max));
+                    let queued = enqueue(&node, &principal, &bytes, max).await;
+                    pending.push_back(frame(node.clone(), seq, queued));
                 }
                 Some(Ok(_)) => {} // ping/pong: the socket answers pings itself
                 Some(Err(_)) | None => closing = true, // acks of frames already in flight still go out
@@ -175,8 +211,11 @@ where
     }
 }
 
-async fn frame(node: Node, principal: Principal, seq: u64, bytes: Vec<u8>, max: usize) -> String {
-    let mut ack = process(&node, &principal, &bytes, max).await;
+async fn frame(node: Node, seq: u64, queued: Result<Queued, Ack>) -> String {
+    let mut ack = match queued {
+        Ok(q) => finish(&node, q).await,
+        Err(ack) => ack,
+    };
     ack.kind = Some("ack");
     ack.seq = Some(seq);
     serde_json::to_string(&ack).expect("acks serialize")

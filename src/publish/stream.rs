@@ -238,7 +238,8 @@ where
 }
 
 /// Serves one subscriber until it leaves, stalls or the server stops.
-/// `interval` is the least time between two update frames.
+/// `interval` is the least time between two update frames (zero: forward
+/// each published update at once).
 pub async fn serve<S>(socket: S, hub: Hub, scope: Scope, interval: Duration, shutdown: CancellationToken) -> End
 where
     S: Sink<Message> + Stream<Item = Result<Message, axum::Error>> + Unpin,
@@ -253,7 +254,7 @@ where
     // Updates go out as soon as they arrive unless one went out less than
     // `interval` ago; then the timer sends what piled up.
     let mut last_sent = tokio::time::Instant::now() - interval;
-    let mut flush = tokio::time::interval(interval);
+    let mut flush = tokio::time::interval(interval.max(Duration::from_millis(100)));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         tokio::select! {
