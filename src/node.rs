@@ -102,6 +102,13 @@ enum EngineCmd {
     Query(Query),
 }
 
+/// One log record, parsed, on its way to the recovery applier.
+enum Replayed {
+    Event(Event),
+    Ack(AckRecord),
+    Clock(i64),
+}
+
 /// An acknowledgement as logged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct AckRecord {
@@ -187,34 +194,58 @@ impl Node {
             },
             None => (Desk::new(settings, options.partitions), 0),
         };
+        // Recovery reads and parses on this thread while another applies,
+        // in log order.
         let mut bad_records = 0u64;
-        let (writer, recovery) =
-            LogWriter::open(
-                &log_dir,
-                from,
-                log::DEFAULT_SEGMENT_BYTES,
-                |_, kind, payload| match kind {
-                    RecordKind::Event => match std::str::from_utf8(payload)
-                        .map_err(|e| e.to_string())
-                        .and_then(parse_event)
-                    {
-                        Ok(event) => {
-                            desk.apply(&event);
-                        }
-                        Err(_) => bad_records += 1,
-                    },
-                    RecordKind::AlertAck => {
-                        if let Ok(ack) = serde_json::from_slice::<AckRecord>(payload) {
-                            desk.ack_alert(&ack.id, &ack.by);
+        let (writer, recovery) = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Replayed>>(16);
+            let desk = &mut desk;
+            let applier = scope.spawn(move || {
+                for chunk in rx {
+                    for item in chunk {
+                        match item {
+                            Replayed::Event(e) => {
+                                desk.apply(&e);
+                            }
+                            Replayed::Ack(a) => {
+                                desk.ack_alert(&a.id, &a.by);
+                            }
+                            Replayed::Clock(now) => desk.tick(now),
                         }
                     }
-                    RecordKind::Clock => {
-                        if let Ok(bytes) = <[u8; 8]>::try_from(payload) {
-                            desk.tick(i64::from_le_bytes(bytes));
+                }
+            });
+            let mut chunk = Vec::with_capacity(1024);
+            let opened = LogWriter::open(&log_dir, from, log::DEFAULT_SEGMENT_BYTES, |_, kind, payload| {
+                let item = match kind {
+                    RecordKind::Event => {
+                        match std::str::from_utf8(payload)
+                            .map_err(|e| e.to_string())
+                            .and_then(parse_event)
+                        {
+                            Ok(event) => Some(Replayed::Event(event)),
+                            Err(_) => {
+                                bad_records += 1;
+                                None
+                            }
                         }
                     }
-                },
-            )?;
+                    RecordKind::AlertAck => serde_json::from_slice::<AckRecord>(payload).ok().map(Replayed::Ack),
+                    RecordKind::Clock => <[u8; 8]>::try_from(payload)
+                        .ok()
+                        .map(|b| Replayed::Clock(i64::from_le_bytes(b))),
+                };
+                chunk.extend(item);
+                if chunk.len() >= 1024 {
+                    // The applier only stops if it panicked; that panic surfaces at join.
+                    tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(1024))).ok();
+                }
+            });
+            tx.send(chunk).ok();
+            drop(tx);
+            applier.join().expect("the recovery applier does not panic");
+            opened
+        })?;
         if wall {
             desk.tick(wall_ms());
         }
