@@ -15,11 +15,37 @@ pub type Fingerprint = u128;
 
 /// The set of recently accepted `(shop, id)`s.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "DedupData")]
 pub struct Dedup {
     current: HashSet<Fingerprint, Fixed>,
     previous: HashSet<Fingerprint, Fixed>,
     /// Event time at which `current` started.
     current_since: Option<i64>,
+}
+
+/// How a [`Dedup`] loads: its sets are written as plain sequences, read
+/// back into vectors, and each set is sized once instead of growing
+/// through a dozen rehashes.
+#[derive(Debug, Clone, Deserialize)]
+struct DedupData {
+    current: Vec<Fingerprint>,
+    previous: Vec<Fingerprint>,
+    current_since: Option<i64>,
+}
+
+impl From<DedupData> for Dedup {
+    fn from(d: DedupData) -> Self {
+        let set = |v: Vec<Fingerprint>| {
+            let mut s = HashSet::with_capacity_and_hasher(v.len(), Fixed);
+            s.extend(v);
+            s
+        };
+        Self {
+            current: set(d.current),
+            previous: set(d.previous),
+            current_since: d.current_since,
+        }
+    }
 }
 
 /// A fixed-key hasher so fingerprints and sets are the same on every run.
