@@ -153,9 +153,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(async move {
                 let server = deskpulse::Server::start(config, options)?;
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
+                // A deep accept queue: a wallboard fleet reconnecting at once
+                // must not overflow the default 128.
+                let socket = match listen {
+                    SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.set_reuseaddr(true)?;
+                socket
+                    .bind(listen)
                     .with_context(|| format!("cannot listen on {listen}"))?;
+                let listener = socket.listen(4096)?;
                 let addr = listener.local_addr()?;
                 println!("deskpulse listening on http://{addr}");
                 std::io::stdout().flush()?;

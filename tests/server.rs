@@ -676,3 +676,22 @@ async fn pipelined_frames_of_one_connection_apply_in_order() {
     assert_eq!(stats["responses"], 100, "{stats}");
     assert_eq!(stats["max_ms"], 1000, "every reply followed its own message: {stats}");
 }
+
+#[tokio::test]
+async fn a_client_close_on_the_stream_gets_a_close_back() {
+    use futures_util::StreamExt;
+    let dir = DataDir::new("close");
+    let s = Server::start(&dir.0, None, "event");
+    let mut ws = s.ws("/v1/stream", None).await.unwrap();
+    wait_for(&mut ws, T, |v| v["type"] == "snapshot").await.unwrap();
+    ws.close(None).await.unwrap();
+    let mut answered = false;
+    while let Ok(Some(msg)) = tokio::time::timeout(T, ws.next()).await {
+        match msg {
+            Ok(tokio_tungstenite::tungstenite::Message::Close(_)) => answered = true,
+            Ok(_) => {}
+            Err(e) => panic!("closing handshake not finished: {e}"),
+        }
+    }
+    assert!(answered, "the server answered our close frame");
+}

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod conn;
 pub mod events;
 pub mod http;
+pub mod idle;
 pub mod procstat;
 pub mod report;
 pub mod rng;

@@ -12,7 +12,7 @@ use deskpulse_loadtest::events::{Generator, Names};
 use deskpulse_loadtest::run::{Clock, RunOpts};
 use deskpulse_loadtest::scenario::{Scenario, World, parse_duration};
 use deskpulse_loadtest::truth::{LogReader, TEvent, Truth, TruthConfig};
-use deskpulse_loadtest::{bench, report, run, verdict};
+use deskpulse_loadtest::{bench, idle, report, run, verdict};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,9 +56,11 @@ enum Cmd {
     },
     /// Same events through deskpulse, Redis and NATS JetStream; ratios to deskpulse.
     SideBySide(SideArgs),
+    /// Open N idle WebSockets (stream or ingest), hold them, close them; server RSS per connection.
+    Idle(IdleArgs),
     /// Re-render the terminal table and HTML of a result JSON.
     Report {
-        /// A result JSON written by `run` or `side-by-side`.
+        /// A result JSON written by `run`, `side-by-side` or `idle`.
         file: PathBuf,
     },
 }
@@ -197,6 +199,42 @@ struct SideArgs {
     /// Frames in flight per connection in the max phase.
     #[arg(long, default_value_t = 32)]
     window: usize,
+    #[arg(long, default_value = "loadtest-results")]
+    out_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct IdleArgs {
+    /// deskpulse base URL; IPv4 loopback only.
+    #[arg(long)]
+    target: String,
+    /// Bearer token (omit for a server running open on loopback).
+    #[arg(long, env = "DESKPULSE_TOKEN")]
+    token: Option<String>,
+    /// WebSockets to open and hold (the process needs about this many + 64 open files: `ulimit -n`).
+    #[arg(long, default_value_t = 20_000)]
+    connections: usize,
+    /// `stream` (/v1/stream, snapshot first) or `ingest` (/v1/ingest).
+    #[arg(long, value_enum, default_value = "stream")]
+    kind: idle::Kind,
+    /// How long all connections stay open and idle.
+    #[arg(long, default_value = "20s")]
+    hold: String,
+    /// Connections being opened at the same time.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Connections per source address 127.0.0.2, 127.0.0.3, … (ephemeral ports run out at ~28k).
+    #[arg(long, default_value_t = 10_000)]
+    per_source_ip: usize,
+    /// Longest connect + handshake (+ snapshot) of one connection.
+    #[arg(long, default_value = "30s")]
+    open_timeout: String,
+    /// Wait after closing before the last RSS sample.
+    #[arg(long, default_value = "2s")]
+    settle: String,
+    /// Server pid for RSS (default: the process listening on the target port).
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[arg(long, default_value = "loadtest-results")]
     out_dir: PathBuf,
 }
@@ -361,6 +399,10 @@ fn main() -> Result<()> {
         }
         Cmd::Report { file } => {
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+            if v["kind"] == "idle" {
+                println!("{}", idle::terminal(&v));
+                return Ok(());
+            }
             println!("{}", report::terminal(&v));
             let html = file.with_extension("html");
             std::fs::write(&html, report::html(&v))?;
@@ -405,6 +447,31 @@ fn main() -> Result<()> {
             let result = rt.block_on(run::run(opts))?;
             println!("{}", report::terminal(&result));
             if result["verdict"]["pass"].as_bool() != Some(true) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Idle(a) => {
+            let opts = idle::IdleOpts {
+                target: a.target,
+                token: a.token,
+                connections: a.connections,
+                kind: a.kind,
+                hold_ms: ms(&a.hold)?.max(0) as u64,
+                concurrency: a.concurrency,
+                per_source_ip: a.per_source_ip,
+                open_timeout_ms: ms(&a.open_timeout)?.max(1) as u64,
+                settle_ms: ms(&a.settle)?.max(0) as u64,
+                server_pid: a.server_pid,
+                out_dir: a.out_dir,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let result = rt.block_on(idle::idle(opts))?;
+            println!("{}", idle::terminal(&result));
+            if !idle::clean(&result) {
                 std::process::exit(1);
             }
             Ok(())

@@ -87,6 +87,10 @@ impl IntoResponse for ApiError {
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
+
+/// WebSocket read and write buffers start this small (they grow for big
+/// frames); the 128 KiB default made an idle socket cost ~136 KiB.
+const SOCKET_BUFFER: usize = 8 << 10;
 type AppState = State<Arc<App>>;
 
 /// The router of the whole server.
@@ -311,7 +315,10 @@ async fn ws_stream(
     let hub = app.node.hub().clone();
     let node = app.node.clone();
     let shutdown = app.shutdown.clone();
-    let ws = with_protocols(ws, &headers).max_message_size(64 << 10);
+    let ws = with_protocols(ws, &headers)
+        .max_message_size(64 << 10)
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER);
     Ok(ws.on_upgrade(move |socket| async move {
         node.counters().ws_stream.fetch_add(1, Ordering::Relaxed);
         let end = crate::publish::stream::serve(socket, hub, scope, interval, shutdown).await;

@@ -260,7 +260,18 @@ where
         tokio::select! {
             _ = shutdown.cancelled() => break End::Shutdown,
             msg = incoming.next() => match msg {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Client,
+                Some(Ok(Message::Close(_))) => {
+                    // Finish the closing handshake: the socket queues our
+                    // close reply and sends it while we keep reading to the end.
+                    tokio::time::timeout(Duration::from_secs(1), async {
+                        sink.flush().await.ok();
+                        while incoming.next().await.is_some() {}
+                    })
+                    .await
+                    .ok();
+                    break End::Client;
+                }
+                None | Some(Err(_)) => break End::Client,
                 Some(Ok(_)) => {} // pings are answered by the socket; other input is ignored
             },
             _ = flush.tick() => {
