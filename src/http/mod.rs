@@ -279,7 +279,9 @@ async fn ws_ingest(State(app): AppState, headers: HeaderMap, ws: WebSocketUpgrad
     let shutdown = app.shutdown.clone();
     let ws = with_protocols(ws, &headers)
         .max_message_size(16 << 20)
-        .max_frame_size(16 << 20);
+        .max_frame_size(16 << 20)
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER);
     Ok(ws.on_upgrade(move |socket| async move {
         node.counters().ws_ingest.fetch_add(1, Ordering::Relaxed);
         crate::ingest::serve(socket, node.clone(), p, shutdown).await;
