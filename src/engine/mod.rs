@@ -972,13 +972,7 @@ impl Engine {
             });
             s.samples.prune(now);
         }
-        let mut touched = std::mem::take(&mut self.touched);
-        touched.sort();
-        touched.dedup();
-        for (shop, agent) in touched.drain(..) {
-            self.check_waiting(&shop, &agent);
-        }
-        self.touched = touched;
+        self.settle();
         self.alerts.prune(now);
     }
 
