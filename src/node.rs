@@ -298,6 +298,7 @@ impl Node {
                 log_tx: log_tx.downgrade(),
                 through: recovery.next_seq,
                 since: recovery.replayed,
+                writer: None,
             };
             threads.push(
                 std::thread::Builder::new()
@@ -599,6 +600,8 @@ struct Snapshots {
     through: u64,
     /// Events applied since the last snapshot.
     since: u64,
+    /// The thread serializing and writing the last snapshot, if any.
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Snapshots {
@@ -607,29 +610,66 @@ impl Snapshots {
         self.since += events;
     }
 
-    /// Writes a snapshot when due (or `force`d and anything changed); the
-    /// log may then drop the segments it covers.
+    /// Takes a snapshot when due (or `force`d and anything changed): the
+    /// engine thread only copies the desk; another thread serializes and
+    /// writes it, after which the log may drop the segments it covers.
     fn maybe_write(&mut self, desk: &Desk, force: bool) {
         if self.since < self.every && !(force && self.since > 0) {
             return;
         }
-        let started = Instant::now();
-        let body = desk.snapshot();
-        match log::snapshot::write(&self.dir, self.through, &body) {
-            Ok(()) => {
-                tracing::info!(
-                    seq = self.through,
-                    bytes = body.len(),
-                    millis = started.elapsed().as_millis() as u64,
-                    "wrote an engine snapshot"
-                );
-                self.since = 0;
-                // If the log is busy (or gone) the next snapshot removes the segments.
-                if let Some(tx) = self.log_tx.upgrade() {
-                    tx.try_send(LogCmd::Snapshotted(self.through)).ok();
-                }
+        if let Some(w) = &self.writer {
+            if !w.is_finished() && !force {
+                return; // the previous one is still being written; try later
             }
-            Err(e) => tracing::warn!(error = %e, "could not write a snapshot; the log keeps everything"),
+            if let Some(w) = self.writer.take()
+                && w.join().is_err()
+            {
+                tracing::error!("the snapshot writer panicked");
+            }
+        }
+        let started = Instant::now();
+        let copy = desk.clone();
+        let copied_ms = started.elapsed().as_millis() as u64;
+        let (dir, seq, log_tx) = (self.dir.clone(), self.through, self.log_tx.clone());
+        self.since = 0;
+        let write = move || {
+            let body = copy.snapshot();
+            match log::snapshot::write(&dir, seq, &body) {
+                Ok(()) => {
+                    tracing::info!(
+                        seq,
+                        bytes = body.len(),
+                        copy_millis = copied_ms,
+                        millis = started.elapsed().as_millis() as u64,
+                        "wrote an engine snapshot"
+                    );
+                    // If the log is busy (or gone) the next snapshot removes the segments.
+                    if let Some(tx) = log_tx.upgrade() {
+                        tx.try_send(LogCmd::Snapshotted(seq)).ok();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not write a snapshot; the log keeps everything"),
+            }
+        };
+        if force {
+            write();
+        } else {
+            match std::thread::Builder::new()
+                .name("deskpulse-snapshot".into())
+                .spawn(write)
+            {
+                Ok(handle) => self.writer = Some(handle),
+                Err(e) => tracing::warn!(error = %e, "could not start the snapshot writer"),
+            }
+        }
+    }
+
+    /// Waits for a snapshot still being written.
+    fn finish(&mut self) {
+        if let Some(w) = self.writer.take()
+            && w.join().is_err()
+        {
+            tracing::error!("the snapshot writer panicked");
         }
     }
 }
@@ -679,5 +719,6 @@ fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wa
     }
     // Senders gone: a last publish, and a snapshot so the next start is quick.
     publisher.publish(&mut desk, &hub, false);
+    snapshots.finish();
     snapshots.maybe_write(&desk, true);
 }

@@ -612,11 +612,22 @@ async fn snapshots_bound_recovery_and_keep_every_number() {
     let (_, before) = s.get("/v1/agents/a1/stats?window=today", None).await;
     assert_eq!(before["responses"], 2000);
     let data = s.data_dir.clone();
+    // Snapshots are written in the background: wait for one to land.
+    let snapshots = || {
+        std::fs::read_dir(data.join("snapshots"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "bin"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + T;
+    while snapshots() == 0 {
+        assert!(std::time::Instant::now() < deadline, "a snapshot was written");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let parts = s.kill9();
-    assert!(
-        data.join("snapshots").read_dir().unwrap().count() >= 1,
-        "a snapshot was written"
-    );
     let s = Server::restart(parts);
     let (_, after) = s.get("/v1/agents/a1/stats?window=today", None).await;
     assert_eq!(

@@ -38,7 +38,7 @@ pub struct TotalStats {
 }
 
 /// The partitions of one node.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Desk {
     parts: Vec<Engine>,
     settings: Arc<Settings>,
