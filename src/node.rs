@@ -274,6 +274,8 @@ impl Node {
         );
 
         let hub = Hub::new(desk.settings().thresholds);
+        // Alerts still active after recovery belong in every new snapshot frame.
+        hub.seed_alerts(desk.active_alerts());
         let (log_tx, log_rx) = mpsc::channel::<LogCmd>(4096);
         let (engine_tx, engine_rx) = mpsc::channel::<EngineCmd>(4096);
         let storage_failed = Arc::new(AtomicBool::new(false));

@@ -706,3 +706,38 @@ async fn a_client_close_on_the_stream_gets_a_close_back() {
     }
     assert!(answered, "the server answered our close frame");
 }
+
+#[tokio::test]
+async fn active_alerts_are_in_the_stream_snapshot_after_a_restart() {
+    let dir = DataDir::new("alert-restart");
+    let s = Server::start(&dir.0, Some(CONFIG), "event");
+    let ts = 1_762_826_400_000;
+    // A wait, then time moves 10 s on (another shop): critical customer_waiting.
+    let body = [
+        customer("a1", ts, "s1", "c1", "u1", Some("a1")),
+        customer("a2", ts + 10_000, "s2", "c2", "u2", Some("a3")),
+    ]
+    .join("\n");
+    s.post("/v1/events", Some("ingest-token"), body.as_bytes()).await;
+    let (_, active) = s.get("/v1/alerts", Some("admin-token")).await;
+    let ids: Vec<String> = active["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!ids.is_empty(), "{active}");
+    let s = Server::restart(s.kill9());
+    let mut sub = s.ws("/v1/stream", Some("admin-token")).await.unwrap();
+    let snap = wait_for(&mut sub, T, |v| v["type"] == "snapshot").await.unwrap();
+    let mut in_snapshot: Vec<String> = snap["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    in_snapshot.sort();
+    let mut ids = ids;
+    ids.sort();
+    assert_eq!(in_snapshot, ids, "same alerts, same ids, after kill -9");
+}

@@ -142,6 +142,18 @@ impl Hub {
         self.inner.tx.send(Published::Update(Arc::new(batch))).ok();
     }
 
+    /// Puts alerts that are already active (after a restart) in the model.
+    pub fn seed_alerts(&self, alerts: Vec<Alert>) {
+        let mut m = self
+            .inner
+            .model
+            .write()
+            .expect("no panics while holding the read model");
+        for a in alerts {
+            m.alerts.insert(a.id.clone(), a);
+        }
+    }
+
     /// Stores and broadcasts alert changes, in order.
     pub fn alerts(&self, changes: Vec<AlertChange>) {
         {
