@@ -144,16 +144,53 @@ pub fn terminal(r: &Value) -> String {
         if !a.is_null() {
             let _ = writeln!(
                 o,
-                "  alerts: expected {}  raised {}  tp {}  fp {}  missed {}  ambiguous {}  precision {}  recall {}",
+                "  alerts: expected {}  raised {}  tp {}  fp {}  interleaved {}  missed {}  ambiguous {}  precision {}  recall {}",
                 f(&a["expected"]),
                 f(&a["raised"]),
                 f(&a["true_positives"]),
                 a["false_positives"].as_array().map_or(0, |x| x.len()),
+                f(&a["interleaved"]),
                 a["missed"].as_array().map_or(0, |x| x.len()),
                 f(&a["ambiguous"]),
                 f(&a["precision"]),
                 f(&a["recall"])
             );
+            let il = &a["interleave_rule"];
+            if il.is_null() {
+                let _ = writeln!(
+                    o,
+                    "  interleaved: n/a (one ingest connection or wall clock: every unexpected raise is an fp)"
+                );
+            } else {
+                let _ = writeln!(
+                    o,
+                    "  interleaved {}: implied skew max {} ms scenario / {} ms wall (bound {} ms wall)  over bound (fp) {}",
+                    f(&a["interleaved"]),
+                    f(&a["interleaved_skew_max_event_ms"]),
+                    a["interleaved_skew_max_wall_ms"]
+                        .as_f64()
+                        .map_or("-".to_string(), |w| format!("{w:.1}")),
+                    il["max_wall_skew_ms"]
+                        .as_f64()
+                        .map_or("-".to_string(), |w| format!("{w:.1}")),
+                    f(&a["interleaved_over_bound"])
+                );
+                for e in a["interleaved_examples"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        o,
+                        "    {} raised_at {} wait {}..{} skew {} ms ({} ms wall)",
+                        f(&e["key"]),
+                        f(&e["raised_at"]),
+                        f(&e["wait_start"]),
+                        f(&e["closed_at"]),
+                        f(&e["skew_event_ms"]),
+                        f(&e["skew_wall_ms"])
+                    );
+                }
+            }
+            for fp in a["false_positives"].as_array().into_iter().flatten().take(5) {
+                let _ = writeln!(o, "    fp {}", f(fp));
+            }
         }
         for reason in v["reasons"].as_array().into_iter().flatten() {
             let _ = writeln!(o, "  ✗ {}", f(reason));

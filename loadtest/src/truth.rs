@@ -178,6 +178,17 @@ pub struct SampleNote {
     pub day: i64,
 }
 
+/// One stretch of a wait held by an agent that ended before the run did:
+/// the wait's start and the `ts` of the event that ended it for that agent
+/// (the reply, a close, a flag or a transfer away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitSpan {
+    /// Wait start (the customer message), event ms.
+    pub start: i64,
+    /// `ts` of the event that ended the agent's hold on the wait.
+    pub closed_at: i64,
+}
+
 /// The running model.
 #[derive(Debug)]
 pub struct Truth {
@@ -191,6 +202,7 @@ pub struct Truth {
     touched: HashMap<(u32, u64), Vec<u32>>,
     slow: HashMap<(u32, u32), SlowKey>,
     waiting: HashMap<(u32, u32), WaitKey>,
+    spans: HashMap<(u32, u32), Vec<WaitSpan>>,
     silent: HashMap<(u32, i64), (u64, u64)>,
     agents_seen: HashSet<u32>,
     events: u64,
@@ -258,6 +270,11 @@ pub struct TruthReport {
     pub alerts: Vec<AlertTruth>,
     /// `(silent_orders, silent_sales_fen)` per shop, today.
     pub silent: BTreeMap<String, (u64, u64)>,
+    /// Ended waits per (agent, shop), in the order they ended (used to judge
+    /// `customer_waiting` alerts that only cross-connection arrival order
+    /// can explain; see `verdict::Interleave`).
+    #[serde(skip)]
+    pub wait_spans: BTreeMap<(String, String), Vec<WaitSpan>>,
 }
 
 fn nearest_rank(sorted: &[u32], q: f64) -> Option<u64> {
@@ -282,6 +299,7 @@ impl Truth {
             touched: HashMap::new(),
             slow: HashMap::new(),
             waiting: HashMap::new(),
+            spans: HashMap::new(),
             silent: HashMap::new(),
             agents_seen: HashSet::new(),
             events: 0,
@@ -328,6 +346,12 @@ impl Truth {
     /// A wait leaves `agent` (answered, dropped, transferred or run ended).
     fn end_interval(&mut self, shop: u32, agent: u32, w: Wait, t_end: i64, open_at_end: bool) {
         let norm = self.cfg.norm_ms;
+        if !open_at_end {
+            self.spans.entry((agent, shop)).or_default().push(WaitSpan {
+                start: w.start,
+                closed_at: t_end,
+            });
+        }
         let k = self.waiting.entry((agent, shop)).or_default();
         let age = t_end - w.start;
         k.max_age = k.max_age.max(age);
@@ -642,6 +666,11 @@ impl Truth {
             .filter(|((_, d), _)| *d == day)
             .map(|(&(s, _), &v)| (shop_names[s as usize].clone(), v))
             .collect();
+        let wait_spans = self
+            .spans
+            .drain()
+            .map(|((a, s), v)| ((agent_names[a as usize].clone(), shop_names[s as usize].clone()), v))
+            .collect();
         TruthReport {
             now,
             day,
@@ -649,6 +678,7 @@ impl Truth {
             agents,
             alerts,
             silent,
+            wait_spans,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::truth::{Expect, TruthReport};
+use crate::truth::{Expect, TruthReport, WaitSpan};
 
 /// One figure that differs.
 #[derive(Debug, Clone, Serialize)]
@@ -165,10 +165,100 @@ pub struct AlertCheck {
     pub delay_event_ms_p50_p99_max: Option<(i64, i64, i64)>,
     /// Matched keys per rule.
     pub by_rule: BTreeMap<String, (usize, usize)>,
+    /// Unexpected `customer_waiting` raises explained by cross-connection
+    /// arrival order (see [`Interleave`]); neither true nor false positives.
+    /// Always 0 when the rule does not apply (one connection, wall clock).
+    pub interleaved: usize,
+    /// The first few of them.
+    pub interleaved_examples: Vec<InterleavedAlert>,
+    /// Largest implied skew among them, scenario ms and wall ms.
+    pub interleaved_skew_max_event_ms: Option<i64>,
+    pub interleaved_skew_max_wall_ms: Option<f64>,
+    /// Unexpected raises that had a matching wait but an implied wall skew
+    /// over the bound; they stay in `false_positives`.
+    pub interleaved_over_bound: usize,
+    /// The rule's parameters, `null` when it did not apply.
+    pub interleave_rule: Option<Interleave>,
 }
 
-/// Scores the first raise per (agent, shop, rule).
-pub fn score_alerts(truth: &TruthReport, raised: &[Raised]) -> AlertCheck {
+/// When an unexpected `customer_waiting` alert may be put down to the order
+/// in which events of different ingest connections reached the server.
+///
+/// With `--clock event` the server's `now` is the largest `ts` it accepted.
+/// With several ingest connections, events interleave at the server in an
+/// order slightly different from the generator's single order, so `now` can
+/// pass `start + norm_ms` of a wait before the event that ended the wait (sent
+/// on another connection, with a smaller `ts`) is applied. An unexpected
+/// raise of (agent, shop) is *interleaved* when the truth has an ended wait
+/// of that agent in that shop with `start + norm_ms < raised_at` (the server's
+/// clock was past the threshold) and `closed_at <= raised_at` (in generation
+/// order the wait had already ended by that `now`), and the implied skew
+/// `raised_at − closed_at` (of the best such wait, the one that ended last),
+/// divided by `compression`, is at most `max_wall_skew_ms`. Only built for
+/// runs with more than one ingest connection on the event clock.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Interleave {
+    /// `norm_ms` of `customer_waiting`.
+    pub norm_ms: i64,
+    /// Scenario ms per wall ms.
+    pub compression: f64,
+    /// Largest wall skew accepted: max ack latency (from intended send
+    /// time) + 1 s.
+    pub max_wall_skew_ms: f64,
+}
+
+/// One raise classified as interleaved.
+#[derive(Debug, Clone, Serialize)]
+pub struct InterleavedAlert {
+    pub key: String,
+    pub raised_at: i64,
+    pub wait_start: i64,
+    pub closed_at: i64,
+    /// `raised_at − closed_at`, scenario ms.
+    pub skew_event_ms: i64,
+    /// The same in wall ms (÷ compression).
+    pub skew_wall_ms: f64,
+}
+
+/// Outcome of [`Interleave::judge`] for one unexpected raise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Judged {
+    /// No ended wait explains it: a false positive.
+    Unexplained,
+    /// A wait explains it, but only with a skew over the bound: a false positive.
+    OverBound(WaitSpan, i64, f64),
+    /// Explained by arrival order: (wait, skew event ms, skew wall ms).
+    Interleaved(WaitSpan, i64, f64),
+}
+
+impl Interleave {
+    /// Judges an unexpected `customer_waiting` raise at `raised_at` against
+    /// the ended waits of its (agent, shop).
+    pub fn judge(&self, spans: &[WaitSpan], raised_at: i64) -> Judged {
+        let best = spans
+            .iter()
+            .filter(|w| w.start + self.norm_ms < raised_at && w.closed_at <= raised_at)
+            .max_by_key(|w| w.closed_at);
+        let Some(&w) = best else {
+            return Judged::Unexplained;
+        };
+        let skew = raised_at - w.closed_at;
+        let wall = skew as f64 / self.compression;
+        if wall <= self.max_wall_skew_ms {
+            Judged::Interleaved(w, skew, wall)
+        } else {
+            Judged::OverBound(w, skew, wall)
+        }
+    }
+}
+
+/// Examples of interleaved raises kept in the report.
+const INTERLEAVED_EXAMPLES: usize = 5;
+
+/// Scores the first raise per (agent, shop, rule). `interleave` is `Some`
+/// only for multi-connection event-clock runs; with `None` every raise the
+/// truth did not expect is a false positive.
+pub fn score_alerts(truth: &TruthReport, raised: &[Raised], interleave: Option<Interleave>) -> AlertCheck {
     let mut first: BTreeMap<(String, String, String), &Raised> = BTreeMap::new();
     for r in raised {
         first
@@ -177,6 +267,7 @@ pub fn score_alerts(truth: &TruthReport, raised: &[Raised]) -> AlertCheck {
     }
     let mut out = AlertCheck {
         raised: first.len(),
+        interleave_rule: interleave,
         ..Default::default()
     };
     let mut expect: BTreeMap<(String, String, String), (Expect, Option<i64>)> = BTreeMap::new();
@@ -208,7 +299,39 @@ pub fn score_alerts(truth: &TruthReport, raised: &[Raised]) -> AlertCheck {
                 out.by_rule.entry(k.2.clone()).or_default().0 += 1;
             }
             Some((Expect::Ambiguous, _)) => {}
-            _ => out.false_positives.push(label),
+            _ => {
+                let judged = match &interleave {
+                    Some(il) if k.2 == "customer_waiting" => {
+                        let spans = truth.wait_spans.get(&(k.0.clone(), k.1.clone()));
+                        il.judge(spans.map_or(&[][..], |v| v.as_slice()), r.raised_at)
+                    }
+                    _ => Judged::Unexplained,
+                };
+                match judged {
+                    Judged::Interleaved(w, skew, wall) => {
+                        out.interleaved += 1;
+                        out.interleaved_skew_max_event_ms =
+                            Some(out.interleaved_skew_max_event_ms.map_or(skew, |m| m.max(skew)));
+                        out.interleaved_skew_max_wall_ms =
+                            Some(out.interleaved_skew_max_wall_ms.map_or(wall, |m| m.max(wall)));
+                        if out.interleaved_examples.len() < INTERLEAVED_EXAMPLES {
+                            out.interleaved_examples.push(InterleavedAlert {
+                                key: label,
+                                raised_at: r.raised_at,
+                                wait_start: w.start,
+                                closed_at: w.closed_at,
+                                skew_event_ms: skew,
+                                skew_wall_ms: (wall * 10.0).round() / 10.0,
+                            });
+                        }
+                    }
+                    Judged::OverBound(..) => {
+                        out.interleaved_over_bound += 1;
+                        out.false_positives.push(label);
+                    }
+                    Judged::Unexplained => out.false_positives.push(label),
+                }
+            }
         }
     }
     for k in yes {
@@ -300,6 +423,7 @@ mod tests {
             agents,
             alerts,
             silent: BTreeMap::new(),
+            wait_spans: BTreeMap::new(),
         }
     }
 
@@ -334,12 +458,121 @@ mod tests {
             raised_at: 1500,
             arrived_us: 0,
         };
-        let s = score_alerts(&t, &[r("a1"), r("a2"), r("a9")]);
+        let s = score_alerts(&t, &[r("a1"), r("a2"), r("a9")], None);
         assert_eq!((s.expected, s.true_positives, s.ambiguous), (2, 1, 1));
         assert_eq!(s.false_positives, vec!["a9/s/customer_waiting".to_string()]);
         assert_eq!(s.missed, vec!["a3/s/customer_waiting".to_string()]);
         assert_eq!(s.precision, 0.5);
         assert_eq!(s.recall, 0.5);
         assert_eq!(s.delays_event_ms, vec![500]);
+    }
+
+    /// a4 and a5 each had one wait in shop s, from 0 to 50 s (answered in
+    /// time: the truth expects no alert). The server raised anyway.
+    fn interleave_case() -> TruthReport {
+        let mut t = truth();
+        for a in ["a4", "a5", "a6", "a7"] {
+            t.alerts.push(AlertTruth {
+                agent: a.into(),
+                shop: "s".into(),
+                rule: "customer_waiting",
+                expect: Expect::No,
+                peak_ms: 50_000.0,
+                first_cross: None,
+            });
+            t.wait_spans.insert(
+                (a.to_string(), "s".to_string()),
+                vec![WaitSpan {
+                    start: 0,
+                    closed_at: 50_000,
+                }],
+            );
+        }
+        t
+    }
+
+    const IL: Interleave = Interleave {
+        norm_ms: 60_000,
+        compression: 180.0,
+        max_wall_skew_ms: 1_250.0,
+    };
+
+    #[test]
+    fn interleave_judges_by_threshold_close_and_bound() {
+        let w = [WaitSpan {
+            start: 0,
+            closed_at: 50_000,
+        }];
+        // Server clock past 0 + 60 s, reply at 50 s ≤ 61 s: arrival order.
+        assert_eq!(
+            IL.judge(&w, 61_000),
+            Judged::Interleaved(w[0], 11_000, 11_000.0 / 180.0)
+        );
+        // Clock not past the threshold (reply before it, or after the raise).
+        assert_eq!(IL.judge(&w, 55_000), Judged::Unexplained);
+        assert_eq!(IL.judge(&w, 45_000), Judged::Unexplained);
+        // Exactly at the threshold is not past it.
+        assert_eq!(IL.judge(&w, 60_000), Judged::Unexplained);
+        // A later wait not yet over the threshold does not help, the ended one does.
+        let two = [
+            w[0],
+            WaitSpan {
+                start: 100_000,
+                closed_at: 120_000,
+            },
+        ];
+        assert_eq!(
+            IL.judge(&two, 150_000),
+            Judged::Interleaved(w[0], 100_000, 100_000.0 / 180.0)
+        );
+        // Skew over the bound: 300 s of scenario time is 1.67 s of wall time.
+        assert!(matches!(IL.judge(&w, 350_000), Judged::OverBound(_, 300_000, _)));
+        assert_eq!(IL.judge(&[], 61_000), Judged::Unexplained);
+    }
+
+    #[test]
+    fn interleaved_raises_are_not_false_positives_with_several_connections() {
+        let t = interleave_case();
+        let r = |agent: &str, rule: &str, raised_at: i64| Raised {
+            agent: agent.into(),
+            shop: "s".into(),
+            rule: rule.into(),
+            raised_at,
+            arrived_us: 0,
+        };
+        let raised = [
+            r("a1", "customer_waiting", 1500),
+            r("a3", "customer_waiting", 1500),
+            // Reply (50 s) closed below raised_at (61 s), clock past 60 s.
+            r("a4", "customer_waiting", 61_000),
+            // Raised before the server's clock could pass the threshold.
+            r("a5", "customer_waiting", 45_000),
+            // Implied skew 1.67 s of wall time: over the bound.
+            r("a6", "customer_waiting", 350_000),
+            // Not a waiting alert.
+            r("a7", "slow_average", 61_000),
+        ];
+        let s = score_alerts(&t, &raised, Some(IL));
+        assert_eq!(s.interleaved, 1);
+        assert_eq!(s.interleaved_over_bound, 1);
+        assert_eq!(s.interleaved_examples[0].key, "a4/s/customer_waiting");
+        assert_eq!(s.interleaved_examples[0].skew_event_ms, 11_000);
+        assert_eq!(s.interleaved_skew_max_event_ms, Some(11_000));
+        assert_eq!(
+            s.false_positives,
+            vec![
+                "a5/s/customer_waiting".to_string(),
+                "a6/s/customer_waiting".to_string(),
+                "a7/s/slow_average".to_string()
+            ]
+        );
+        assert_eq!(s.true_positives, 2);
+        assert_eq!(s.precision, 2.0 / 5.0);
+        // One connection: no rule, every unexpected raise is a false positive.
+        let one = score_alerts(&t, &raised, None);
+        assert_eq!(one.interleaved, 0);
+        assert!(one.interleave_rule.is_none());
+        assert_eq!(one.false_positives.len(), 4);
+        assert!(one.false_positives.contains(&"a4/s/customer_waiting".to_string()));
     }
 }
