@@ -612,19 +612,31 @@ async fn snapshots_bound_recovery_and_keep_every_number() {
     let (_, before) = s.get("/v1/agents/a1/stats?window=today", None).await;
     assert_eq!(before["responses"], 2000);
     let data = s.data_dir.clone();
-    // Snapshots are written in the background: wait for one to land.
-    let snapshots = || {
+    // Snapshots are written in the background (one at a time, skipping a
+    // turn while the last is still being written): wait for one that
+    // covers at least the first 3 000 of the 4 000 records.
+    let newest = || {
         std::fs::read_dir(data.join("snapshots"))
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "bin"))
-                    .count()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.strip_prefix("snapshot-")?
+                            .strip_suffix(".bin")?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .max()
+                    .unwrap_or(0)
             })
             .unwrap_or(0)
     };
     let deadline = std::time::Instant::now() + T;
-    while snapshots() == 0 {
-        assert!(std::time::Instant::now() < deadline, "a snapshot was written");
+    while newest() < 3000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a snapshot covering 3 000 records was written"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let parts = s.kill9();
