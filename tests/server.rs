@@ -648,7 +648,7 @@ async fn snapshots_bound_recovery_and_keep_every_number() {
     );
     let (_, health) = s.get("/healthz", None).await;
     assert!(
-        health["recovered_records"].as_u64().unwrap() < 1000,
+        health["recovered_records"].as_u64().unwrap() <= 1000,
         "only the tail after the snapshot is replayed: {health}"
     );
     // Duplicates are still recognised across the snapshot.
