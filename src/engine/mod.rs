@@ -395,6 +395,15 @@ pub struct Engine {
     applied: u64,
 }
 
+/// Takes the earliest deadline entry if it is due at `now`.
+fn pop_due(deadlines: &mut BTreeSet<(i64, ShopId, AgentId)>, now: i64) -> Option<(i64, ShopId, AgentId)> {
+    if deadlines.first().is_some_and(|(d, _, _)| *d <= now) {
+        deadlines.pop_first()
+    } else {
+        None
+    }
+}
+
 fn default_settings() -> Arc<Settings> {
     Arc::new(Settings::default())
 }
@@ -554,11 +563,7 @@ impl Engine {
             return;
         }
         self.now = now;
-        while let Some((deadline, shop, agent)) = self.wait_deadlines.first().cloned() {
-            if deadline > now {
-                break;
-            }
-            self.wait_deadlines.pop_first();
+        while let Some((deadline, shop, agent)) = pop_due(&mut self.wait_deadlines, now) {
             if let Some(p) = self.shops.get_mut(&shop).and_then(|s| s.partials.get_mut(&agent))
                 && p.wait_deadline == Some(deadline)
             {
@@ -566,11 +571,7 @@ impl Engine {
                 self.check_waiting(&shop, &agent);
             }
         }
-        while let Some((deadline, shop, agent)) = self.slow_deadlines.first().cloned() {
-            if deadline > now {
-                break;
-            }
-            self.slow_deadlines.pop_first();
+        while let Some((deadline, shop, agent)) = pop_due(&mut self.slow_deadlines, now) {
             if let Some(p) = self.shops.get_mut(&shop).and_then(|s| s.partials.get_mut(&agent))
                 && p.slow_deadline == Some(deadline)
             {
