@@ -190,8 +190,12 @@ fn bench_apply() {
         for _ in 0..3 {
             let mut engine = Engine::new(settings());
             let t = Instant::now();
-            for e in &events {
+            for (i, e) in events.iter().enumerate() {
                 engine.apply(e);
+                if i % 4096 == 4095 {
+                    drop(engine.take_alert_changes());
+                    drop(engine.take_dirty());
+                }
             }
             best = best.min(t.elapsed().as_secs_f64());
             std::hint::black_box(&engine);
@@ -209,7 +213,7 @@ fn bench_apply() {
 /// earlier measurement cannot hide growth in a later one.
 fn bench_memory() {
     let exe = std::env::current_exe().expect("bench binary path");
-    for case in ["agents-1000", "agents-100000", "conversations"] {
+    for case in ["agents-1000", "agents-100000", "conversations", "alerts"] {
         let out = std::process::Command::new(&exe)
             .args(["memory-child", case])
             .output()
@@ -222,75 +226,161 @@ fn memory_child(case: &str) {
     match case {
         "agents-1000" => memory_agents(1_000),
         "agents-100000" => memory_agents(100_000),
+        "alerts" => memory_alerts(),
         _ => memory_conversations(),
     }
 }
 
 fn memory_agents(agents: u64) {
+    // No alert fires here (the norm is far above every wait): alert history
+    // is desk-wide and measured on its own by the `alerts` case.
+    let quiet = Arc::new(Settings {
+        clock: Clock::Event,
+        thresholds: deskpulse::engine::alerts::Thresholds {
+            norm_ms: 600_000,
+            clear_ms: 300_000,
+            critical_ms: 1_200_000,
+            ..Default::default()
+        },
+        ..Settings::default()
+    });
     // Every agent has a busy hour inside the last hour: `per_agent`
     // conversations, each a customer message, a reply 5–95 s later and a
     // close, to `per_agent * 3 / 4` distinct customers. So every window
-    // (today, 1h, 15m, 5m) holds data; no conversation stays open.
+    // (today, 1h, 15m, 5m) holds data; no conversation stays open. Events
+    // are applied in time order (the event clock moves as on a real desk)
+    // and alert changes and dirty lists are drained as the server does.
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
     let per_agent = 120u64;
-    {
-        let before = rss_bytes();
-        let mut engine = Engine::new(settings());
-        let mut id = 0u64;
-        let base = START + 10 * 3_600_000;
-        for k in 0..per_agent {
-            // Interleave agents so time moves forward for everyone together.
-            for a in 0..agents {
-                let shop: deskpulse::protocol::ShopId = format!("shop-{}", a % 500).as_str().into();
-                let agent: deskpulse::protocol::AgentId = format!("agent-{a}").as_str().into();
-                let ts = base + (k as i64) * 25_000;
-                let conv: deskpulse::protocol::ConversationId = format!("c{a}-{k}").as_str().into();
-                let cust: deskpulse::protocol::CustomerId = format!("u{a}-{}", k % (per_agent * 3 / 4)).as_str().into();
-                let events = [
-                    (
-                        0,
-                        EventKind::CustomerMessage {
-                            conversation: conv.clone(),
-                            customer: cust.clone(),
-                            agent: Some(agent.clone()),
-                        },
-                    ),
-                    (
-                        5_000 + (k as i64 * 7919) % 90_000,
-                        EventKind::AgentMessage {
-                            conversation: conv.clone(),
-                            customer: cust,
-                            agent,
-                            auto: false,
-                        },
-                    ),
-                    (100_000, EventKind::Close { conversation: conv }),
-                ];
-                for (dt, kind) in events {
-                    id += 1;
-                    engine.apply(&Event {
-                        id: format!("e{id}").as_str().into(),
-                        ts: ts + dt,
-                        shop: shop.clone(),
-                        kind,
-                    });
-                }
+    let round_ms = 25_000i64;
+    let before = rss_bytes();
+    let mut engine = Engine::new(quiet);
+    let mut id = 0u64;
+    let base = START + 10 * 3_600_000;
+    // (ts, seq) → event; `seq` keeps equal times in generation order.
+    let mut pending: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
+    let mut events: std::collections::HashMap<u64, Event> = std::collections::HashMap::new();
+    let mut seq = 0u64;
+    let mut applied = 0u64;
+    for k in 0..=per_agent {
+        let round_start = base + k as i64 * round_ms;
+        // Everything due before this round's first message goes in first.
+        while let Some(&Reverse((ts, s))) = pending.peek() {
+            if k < per_agent && ts >= round_start {
+                break;
+            }
+            pending.pop();
+            engine.apply(&events.remove(&s).expect("pending events are stored"));
+            applied += 1;
+            if applied.is_multiple_of(4096) {
+                drop(engine.take_alert_changes());
+                drop(engine.take_dirty());
             }
         }
-        let census = engine.census();
-        let grown = rss_bytes().saturating_sub(before);
-        // Dedup holds ~24 bytes per id plus table slack; report it apart.
-        let dedup_bytes = census.dedup_ids as f64 * 32.0;
-        let per_partial = (grown as f64 - dedup_bytes) / census.partials as f64;
-        println!(
-            "memory: {agents} agents × {per_agent} responses in the last hour (all windows populated): RSS +{:.1} MiB; \
-             {:.1} KiB per (agent, shop) partial incl. its customers, + {:.1} MiB for {} remembered event ids",
-            grown as f64 / (1 << 20) as f64,
-            per_partial / 1024.0,
-            dedup_bytes / (1 << 20) as f64,
-            census.dedup_ids,
-        );
-        drop(engine);
+        if k == per_agent {
+            break;
+        }
+        for a in 0..agents {
+            let shop: deskpulse::protocol::ShopId = format!("shop-{}", a % 500).as_str().into();
+            let agent: deskpulse::protocol::AgentId = format!("agent-{a}").as_str().into();
+            let conv: deskpulse::protocol::ConversationId = format!("c{a}-{k}").as_str().into();
+            let cust: deskpulse::protocol::CustomerId = format!("u{a}-{}", k % (per_agent * 3 / 4)).as_str().into();
+            let reply = 5_000 + ((k * 7919 + a * 104_729) % 90_000) as i64;
+            let planned = [
+                (
+                    0,
+                    EventKind::CustomerMessage {
+                        conversation: conv.clone(),
+                        customer: cust.clone(),
+                        agent: Some(agent.clone()),
+                    },
+                ),
+                (
+                    reply,
+                    EventKind::AgentMessage {
+                        conversation: conv.clone(),
+                        customer: cust,
+                        agent,
+                        auto: false,
+                    },
+                ),
+                (100_000, EventKind::Close { conversation: conv }),
+            ];
+            for (dt, kind) in planned {
+                id += 1;
+                seq += 1;
+                let ts = round_start + (a as i64 * 7) % 20_000 + dt;
+                events.insert(
+                    seq,
+                    Event {
+                        id: format!("e{id}").as_str().into(),
+                        ts,
+                        shop: shop.clone(),
+                        kind,
+                    },
+                );
+                pending.push(Reverse((ts, seq)));
+            }
+        }
     }
+    drop(engine.take_alert_changes());
+    drop(engine.take_dirty());
+    drop(events);
+    drop(pending);
+    let census = engine.census();
+    let grown = rss_bytes().saturating_sub(before);
+    assert_eq!(census.alerts_held, 0, "the quiet thresholds raise nothing");
+    // The dedup set is desk-wide (every event id for 24–48 h): measure one
+    // of the same size on its own and report it apart.
+    let before_dedup = rss_bytes();
+    let mut dedup = deskpulse::engine::dedup::Dedup::default();
+    for i in 0..census.dedup_ids as u64 {
+        dedup.insert(deskpulse::engine::dedup::fingerprint("shop-1", &i.to_string()), base);
+    }
+    let dedup_bytes = rss_bytes().saturating_sub(before_dedup) as f64;
+    std::hint::black_box(&dedup);
+    let per_partial = (grown as f64 - dedup_bytes) / census.partials as f64;
+    println!(
+        "memory: {agents} agents × {per_agent} responses in the last hour (all windows populated): RSS +{:.1} MiB; \
+         {:.1} KiB per (agent, shop) partial incl. its customers, + {:.1} MiB for {} remembered event ids",
+        grown as f64 / (1 << 20) as f64,
+        per_partial / 1024.0,
+        dedup_bytes / (1 << 20) as f64,
+        census.dedup_ids,
+    );
+}
+
+/// Alert history: `n` alerts raised and resolved over 20 000 (agent, shop)
+/// keys, all within the day the book keeps.
+fn memory_alerts() {
+    use deskpulse::engine::alerts::{AlertBook, Reading, Rule, Thresholds};
+    let n = 1_000_000u64;
+    let t = Thresholds::default();
+    let shops: Vec<deskpulse::protocol::ShopId> = (0..500).map(|s| format!("shop-{s}").as_str().into()).collect();
+    let agents: Vec<deskpulse::protocol::AgentId> = (0..20_000).map(|a| format!("agent-{a}").as_str().into()).collect();
+    let before = rss_bytes();
+    let mut book = AlertBook::default();
+    for i in 0..n {
+        let a = (i % 20_000) as usize;
+        let now = START + i as i64;
+        let slow = Reading::customer_waiting(t.norm_ms + 1, &t);
+        let fine = Reading::customer_waiting(0, &t);
+        book.observe(&shops[a % 500], &agents[a], Rule::CustomerWaiting, slow, &t, now);
+        book.observe(&shops[a % 500], &agents[a], Rule::CustomerWaiting, fine, &t, now);
+        if i % 4096 == 0 {
+            drop(book.take_changes());
+        }
+    }
+    drop(book.take_changes());
+    let grown = rss_bytes().saturating_sub(before);
+    println!(
+        "memory: {n} alerts raised and resolved, held in the day's history: RSS +{:.1} MiB = {:.0} bytes per alert",
+        grown as f64 / (1 << 20) as f64,
+        grown as f64 / n as f64
+    );
+    std::hint::black_box(&book);
 }
 
 fn memory_conversations() {

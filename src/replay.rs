@@ -58,6 +58,9 @@ pub fn apply_log(
                             crate::engine::Applied::Duplicate => counts.duplicates += 1,
                         }
                     }
+                    // Replay reports alerts as they stand, not their
+                    // transitions: drop the change list as a server would.
+                    drop(engine.take_alert_changes());
                 }
                 Parsed::Note(line) => {
                     if !line.contains("unknown field") {

@@ -7,9 +7,11 @@ pub mod alerts;
 pub mod day;
 pub mod dedup;
 pub mod desk;
+mod slab;
 pub mod window;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 /// Hash maps of the hot path: foldhash, seeded per process (outputs never
 /// depend on iteration order).
@@ -23,6 +25,7 @@ use crate::protocol::{AgentId, AgentStatus, ConversationId, CustomerId, Event, E
 use alerts::{Alert, AlertBook, AlertChange, Reading, Rule, Severity, Thresholds};
 use day::{Calendar, Day};
 use dedup::{Dedup, fingerprint};
+use slab::Slab;
 use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
 
 /// Orders are credited to an agent's message at most this long before, ms.
@@ -164,21 +167,77 @@ impl Waits {
     }
 }
 
+/// Index of a shop in `Engine::shops`; shops are never removed.
+type ShopIx = u32;
+/// Index of an agent in `Engine::agents`; agents are never removed.
+type AgentIx = u32;
+/// Index of a conversation in its shop's slab (reused after a close).
+type ConvIx = u32;
+/// Index of a customer in its shop's slab (reused once the customer and
+/// every mark naming it are forgotten).
+type CustIx = u32;
+
+/// The key of the id indexes: a 128-bit fingerprint of the id, so a lookup
+/// compares integers in the table instead of chasing the id's string.
+type IdKey = u128;
+
+fn id_key(id: &str) -> IdKey {
+    fingerprint("", id)
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Conversation {
-    customer: CustomerId,
-    agent: Option<AgentId>,
+    id: ConversationId,
+    customer: CustIx,
+    agent: Option<AgentIx>,
     wait_start: Option<i64>,
     responded: bool,
     last_ts: i64,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Customer {
+    id: CustomerId,
     flagged: bool,
-    conversations: Vec<ConversationId>,
-    /// Latest non-auto agent messages to this customer: (agent, ts).
-    agent_messages: VecDeque<(AgentId, i64)>,
+    /// Latest `ts` of an event or mark naming this customer. Marks are
+    /// forgotten before their customer is, so a mark's index never points
+    /// at a reused slot.
+    last_ts: i64,
+    /// Open conversations with this customer.
+    open: u32,
+    /// Latest non-auto agent messages to this customer.
+    agent_messages: RecentMessages,
+}
+
+/// The latest [`RECENT_AGENT_MESSAGES`] non-auto agent messages to a
+/// customer, (agent, ts), held inline: no allocation and no extra cache
+/// miss on the hot path.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+struct RecentMessages {
+    agents: [AgentIx; RECENT_AGENT_MESSAGES],
+    ts: [i64; RECENT_AGENT_MESSAGES],
+    len: u8,
+    next: u8,
+}
+
+impl RecentMessages {
+    fn push(&mut self, agent: AgentIx, ts: i64) {
+        let i = usize::from(self.next);
+        self.agents[i] = agent;
+        self.ts[i] = ts;
+        self.next = ((i + 1) % RECENT_AGENT_MESSAGES) as u8;
+        self.len = (usize::from(self.len) + 1).min(RECENT_AGENT_MESSAGES) as u8;
+    }
+
+    /// Oldest first.
+    fn iter(&self) -> impl Iterator<Item = (AgentIx, i64)> + '_ {
+        let n = RECENT_AGENT_MESSAGES;
+        let start = (usize::from(self.next) + n - usize::from(self.len)) % n;
+        (0..usize::from(self.len)).map(move |k| {
+            let i = (start + k) % n;
+            (self.agents[i], self.ts[i])
+        })
+    }
 }
 
 /// Latest times a customer counted for, was replied to by, and paid an
@@ -213,7 +272,7 @@ struct Partial {
     waiting_alert: Option<Severity>,
     slow_alert: Option<Severity>,
     samples: Samples,
-    marks: Map<CustomerId, Marks>,
+    marks: Map<CustIx, Marks>,
     open_conversations: u64,
     waits: Waits,
 }
@@ -235,21 +294,75 @@ impl Partial {
     }
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+/// One shop: its conversations and customers (ids interned to slab
+/// indices on the way in), and the partials of the agents serving it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Shop {
+    id: ShopId,
     /// Listed in `Engine::dirty_shop_list` since the last `take_dirty`.
     dirty: bool,
-    conversations: Map<ConversationId, Conversation>,
-    customers: Map<CustomerId, Customer>,
-    partials: Map<AgentId, Partial>,
+    conversation_ix: Map<IdKey, ConvIx>,
+    conversations: Slab<Conversation>,
+    customer_ix: Map<IdKey, CustIx>,
+    customers: Slab<Customer>,
+    partials: Map<AgentIx, Partial>,
     queue: Waits,
     /// Shop-level marks: silent orders.
     samples: Samples,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+impl Shop {
+    fn new(id: ShopId) -> Self {
+        Self {
+            id,
+            dirty: false,
+            conversation_ix: Map::default(),
+            conversations: Slab::default(),
+            customer_ix: Map::default(),
+            customers: Slab::default(),
+            partials: Map::default(),
+            queue: Waits::default(),
+            samples: Samples::default(),
+        }
+    }
+
+    /// The customer's index, creating it; `ts` counts as activity.
+    fn customer(&mut self, id: &CustomerId, ts: i64) -> CustIx {
+        let key = id_key(id.as_str());
+        let ix = match self.customer_ix.get(&key) {
+            Some(&ix) => ix,
+            None => {
+                let ix = self.customers.insert(Customer {
+                    id: id.clone(),
+                    flagged: false,
+                    last_ts: ts,
+                    open: 0,
+                    agent_messages: RecentMessages::default(),
+                });
+                self.customer_ix.insert(key, ix);
+                ix
+            }
+        };
+        self.touch_customer(ix, ts);
+        ix
+    }
+
+    fn touch_customer(&mut self, ix: CustIx, ts: i64) {
+        let c = &mut self.customers[ix];
+        c.last_ts = c.last_ts.max(ts);
+    }
+
+    fn flagged(&self, ix: CustIx) -> bool {
+        self.customers.get(ix).is_some_and(|c| c.flagged)
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct AgentInfo {
+    id: AgentId,
     status: Option<AgentStatus>,
+    /// Listed in `Engine::dirty_agents` since the last `take_dirty`.
+    dirty: bool,
     shops: BTreeSet<ShopId>,
 }
 
@@ -367,9 +480,15 @@ pub struct Census {
     pub customers: usize,
     pub dedup_ids: usize,
     pub active_alerts: usize,
+    /// Alerts held: active ones and the day's history.
+    pub alerts_held: usize,
 }
 
 /// The engine of one partition (a set of shops).
+///
+/// Ids are interned once per event: shops and agents into engine-wide
+/// indices, conversations and customers into per-shop slabs. Everything
+/// behind the edge follows `u32` indices.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
     #[serde(skip, default = "default_settings")]
@@ -379,26 +498,33 @@ pub struct Engine {
     now: i64,
     max_ts: Option<i64>,
     dedup: Dedup,
-    shops: Map<ShopId, Shop>,
-    agents: Map<AgentId, AgentInfo>,
+    shop_ix: Map<IdKey, ShopIx>,
+    shops: Vec<Shop>,
+    agent_ix: Map<IdKey, AgentIx>,
+    agents: Vec<AgentInfo>,
     alerts: AlertBook,
     /// (deadline, shop, agent): re-check `customer_waiting` at the deadline.
-    wait_deadlines: BTreeSet<(i64, ShopId, AgentId)>,
+    wait_deadlines: Deadlines,
     /// (deadline, shop, agent): re-check `slow_average` when a sample leaves the 15m window.
-    slow_deadlines: BTreeSet<(i64, ShopId, AgentId)>,
+    slow_deadlines: Deadlines,
     /// Partials whose waits changed during the current `apply`.
-    touched: Vec<(ShopId, AgentId)>,
-    dirty_agents: HashSet<AgentId>,
-    dirty_partials: Vec<(ShopId, AgentId)>,
-    dirty_shop_list: Vec<ShopId>,
+    touched: Vec<(ShopIx, AgentIx)>,
+    dirty_agents: Vec<AgentIx>,
+    dirty_partials: Vec<(ShopIx, AgentIx)>,
+    dirty_shop_list: Vec<ShopIx>,
     last_maintenance_h: i64,
     applied: u64,
 }
 
+/// (deadline, shop, agent) entries, earliest first. A superseded entry
+/// stays until it comes due and is then skipped (the partial's own
+/// deadline no longer matches it).
+type Deadlines = BinaryHeap<Reverse<(i64, ShopIx, AgentIx)>>;
+
 /// Takes the earliest deadline entry if it is due at `now`.
-fn pop_due(deadlines: &mut BTreeSet<(i64, ShopId, AgentId)>, now: i64) -> Option<(i64, ShopId, AgentId)> {
-    if deadlines.first().is_some_and(|(d, _, _)| *d <= now) {
-        deadlines.pop_first()
+fn pop_due(deadlines: &mut Deadlines, now: i64) -> Option<(i64, ShopIx, AgentIx)> {
+    if deadlines.peek().is_some_and(|Reverse((d, _, _))| *d <= now) {
+        deadlines.pop().map(|Reverse(e)| e)
     } else {
         None
     }
@@ -423,9 +549,10 @@ impl Engine {
     pub fn restore(settings: Arc<Settings>, bytes: &[u8]) -> Result<Self, postcard::Error> {
         let mut e: Engine = postcard::from_bytes(bytes)?;
         e.calendar = Calendar::new(settings.timezone.clone());
-        for (shop, s) in &mut e.shops {
-            for (agent, p) in &mut s.partials {
-                p.thresholds = settings.thresholds_for(Some(agent), shop);
+        let Engine { shops, agents, .. } = &mut e;
+        for s in shops.iter_mut() {
+            for (&a, p) in &mut s.partials {
+                p.thresholds = settings.thresholds_for(Some(&agents[a as usize].id), &s.id);
             }
         }
         e.settings = settings;
@@ -440,13 +567,15 @@ impl Engine {
             now: 0,
             max_ts: None,
             dedup: Dedup::default(),
-            shops: Map::default(),
-            agents: Map::default(),
+            shop_ix: Map::default(),
+            shops: Vec::new(),
+            agent_ix: Map::default(),
+            agents: Vec::new(),
             alerts: AlertBook::default(),
-            wait_deadlines: BTreeSet::new(),
-            slow_deadlines: BTreeSet::new(),
+            wait_deadlines: Deadlines::new(),
+            slow_deadlines: Deadlines::new(),
             touched: Vec::new(),
-            dirty_agents: HashSet::new(),
+            dirty_agents: Vec::new(),
             dirty_partials: Vec::new(),
             dirty_shop_list: Vec::new(),
             last_maintenance_h: i64::MIN,
@@ -498,44 +627,59 @@ impl Engine {
         self.applied += 1;
         self.max_ts = Some(self.max_ts.map_or(event.ts, |m| m.max(event.ts)));
         let ts = event.ts;
-        let shop_id = &event.shop;
-        let shop = self.shops.entry(shop_id.clone()).or_default();
+        let s = self.shop_index(&event.shop);
+        let shop = &mut self.shops[s as usize];
         if !shop.dirty {
             shop.dirty = true;
-            self.dirty_shop_list.push(shop_id.clone());
+            self.dirty_shop_list.push(s);
         }
         match &event.kind {
             EventKind::Status { agent, status } => {
-                self.agent(agent).status = Some(*status);
-                self.dirty_agents.insert(agent.clone());
+                let a = self.agent_index(agent);
+                self.agents[a as usize].status = Some(*status);
+                self.mark_agent(a);
             }
             EventKind::CustomerMessage {
                 conversation,
                 customer,
                 agent,
-            } => self.customer_message(shop_id, conversation, customer, agent.as_ref(), ts),
+            } => {
+                let cu = self.shops[s as usize].customer(customer, ts);
+                let a = agent.as_ref().map(|a| self.agent_index(a));
+                self.customer_message(s, conversation, cu, a, ts);
+            }
             EventKind::AgentMessage {
                 conversation,
                 customer,
                 agent,
                 auto,
-            } => self.agent_message(shop_id, conversation, customer, agent, *auto, ts),
+            } => {
+                let cu = self.shops[s as usize].customer(customer, ts);
+                let a = self.agent_index(agent);
+                self.agent_message(s, conversation, cu, a, *auto, ts);
+            }
             EventKind::Assign {
                 conversation,
                 customer,
                 agent,
                 from_agent,
             } => {
-                self.open_conversation(shop_id, conversation, customer, ts);
-                self.assign(shop_id, conversation, agent, ts);
+                let cu = self.shops[s as usize].customer(customer, ts);
+                let a = self.agent_index(agent);
+                let c = self.open_conversation(s, conversation, cu, ts);
+                self.assign(s, c, a, ts);
                 if let Some(from) = from_agent {
-                    self.record(shop_id, Some(agent), MarkKind::TransferIn, 0, ts);
-                    self.record(shop_id, Some(from), MarkKind::TransferOut, 0, ts);
+                    let from = self.agent_index(from);
+                    self.record(s, Some(a), MarkKind::TransferIn, 0, ts);
+                    self.record(s, Some(from), MarkKind::TransferOut, 0, ts);
                 }
             }
-            EventKind::Close { conversation } => self.close(shop_id, conversation),
-            EventKind::Flag { customer, .. } => self.flag(shop_id, customer),
-            EventKind::OrderPaid { customer, amount, .. } => self.order(shop_id, customer, *amount, ts),
+            EventKind::Close { conversation } => self.close(s, conversation),
+            EventKind::Flag { customer, .. } => {
+                let cu = self.shops[s as usize].customer(customer, ts);
+                self.flag(s, cu);
+            }
+            EventKind::OrderPaid { customer, amount, .. } => self.order(s, customer, *amount, ts),
         }
         Applied::Accepted
     }
@@ -548,10 +692,10 @@ impl Engine {
             return;
         }
         let mut touched = std::mem::take(&mut self.touched);
-        touched.sort();
+        touched.sort_unstable();
         touched.dedup();
-        for (shop, agent) in touched.drain(..) {
-            self.check_waiting(&shop, &agent);
+        for (s, a) in touched.drain(..) {
+            self.check_waiting(s, a);
         }
         self.touched = touched;
     }
@@ -563,20 +707,20 @@ impl Engine {
             return;
         }
         self.now = now;
-        while let Some((deadline, shop, agent)) = pop_due(&mut self.wait_deadlines, now) {
-            if let Some(p) = self.shops.get_mut(&shop).and_then(|s| s.partials.get_mut(&agent))
+        while let Some((deadline, s, a)) = pop_due(&mut self.wait_deadlines, now) {
+            if let Some(p) = self.shops[s as usize].partials.get_mut(&a)
                 && p.wait_deadline == Some(deadline)
             {
                 p.wait_deadline = None;
-                self.check_waiting(&shop, &agent);
+                self.check_waiting(s, a);
             }
         }
-        while let Some((deadline, shop, agent)) = pop_due(&mut self.slow_deadlines, now) {
-            if let Some(p) = self.shops.get_mut(&shop).and_then(|s| s.partials.get_mut(&agent))
+        while let Some((deadline, s, a)) = pop_due(&mut self.slow_deadlines, now) {
+            if let Some(p) = self.shops[s as usize].partials.get_mut(&a)
                 && p.slow_deadline == Some(deadline)
             {
                 p.slow_deadline = None;
-                self.check_slow(&shop, &agent);
+                self.check_slow(s, a);
             }
         }
         let hour = now.div_euclid(window::HOUR_MS);
@@ -586,11 +730,43 @@ impl Engine {
         }
     }
 
-    fn agent(&mut self, agent: &AgentId) -> &mut AgentInfo {
-        self.agents.entry(agent.clone()).or_default()
+    fn shop_index(&mut self, id: &ShopId) -> ShopIx {
+        let key = id_key(id.as_str());
+        if let Some(&s) = self.shop_ix.get(&key) {
+            return s;
+        }
+        let s = ShopIx::try_from(self.shops.len()).expect("fewer than 2^32 shops");
+        self.shops.push(Shop::new(id.clone()));
+        self.shop_ix.insert(key, s);
+        s
     }
 
-    fn partial(&mut self, shop: &ShopId, agent: &AgentId) -> &mut Partial {
+    fn agent_index(&mut self, id: &AgentId) -> AgentIx {
+        let key = id_key(id.as_str());
+        if let Some(&a) = self.agent_ix.get(&key) {
+            return a;
+        }
+        let a = AgentIx::try_from(self.agents.len()).expect("fewer than 2^32 agents");
+        self.agents.push(AgentInfo {
+            id: id.clone(),
+            status: None,
+            dirty: false,
+            shops: BTreeSet::new(),
+        });
+        self.agent_ix.insert(key, a);
+        a
+    }
+
+    /// Lists the agent as changed for the next `take_dirty`.
+    fn mark_agent(&mut self, a: AgentIx) {
+        let info = &mut self.agents[a as usize];
+        if !info.dirty {
+            info.dirty = true;
+            self.dirty_agents.push(a);
+        }
+    }
+
+    fn partial(&mut self, s: ShopIx, a: AgentIx) -> &mut Partial {
         let Self {
             shops,
             agents,
@@ -598,75 +774,73 @@ impl Engine {
             dirty_partials,
             ..
         } = self;
-        let p = shops
-            .entry(shop.clone())
-            .or_default()
-            .partials
-            .entry(agent.clone())
-            .or_insert_with(|| {
-                agents.entry(agent.clone()).or_default().shops.insert(shop.clone());
-                Partial::new(settings.thresholds_for(Some(agent), shop))
-            });
+        let Shop {
+            id: shop_id, partials, ..
+        } = &mut shops[s as usize];
+        let p = partials.entry(a).or_insert_with(|| {
+            let info = &mut agents[a as usize];
+            info.shops.insert(shop_id.clone());
+            Partial::new(settings.thresholds_for(Some(&info.id), shop_id))
+        });
         if !p.dirty {
             p.dirty = true;
-            dirty_partials.push((shop.clone(), agent.clone()));
+            dirty_partials.push((s, a));
         }
         p
     }
 
-    fn open_conversation(&mut self, shop: &ShopId, conv: &ConversationId, customer: &CustomerId, ts: i64) {
-        let s = self.shops.entry(shop.clone()).or_default();
-        let c = s.conversations.entry(conv.clone()).or_insert_with(|| Conversation {
-            customer: customer.clone(),
-            agent: None,
-            wait_start: None,
-            responded: false,
-            last_ts: ts,
-        });
-        c.last_ts = c.last_ts.max(ts);
-        if c.customer != *customer {
-            // The sender moved the conversation to another customer id.
-            let old = std::mem::replace(&mut c.customer, customer.clone());
-            if let Some(oc) = s.customers.get_mut(&old) {
-                oc.conversations.retain(|x| x != conv);
+    /// The conversation's index, opening it for `customer` if new.
+    fn open_conversation(&mut self, s: ShopIx, conv: &ConversationId, customer: CustIx, ts: i64) -> ConvIx {
+        let shop = &mut self.shops[s as usize];
+        let key = id_key(conv.as_str());
+        let (ix, is_new) = match shop.conversation_ix.get(&key) {
+            Some(&ix) => (ix, false),
+            None => {
+                let ix = shop.conversations.insert(Conversation {
+                    id: conv.clone(),
+                    customer,
+                    agent: None,
+                    wait_start: None,
+                    responded: false,
+                    last_ts: ts,
+                });
+                shop.conversation_ix.insert(key, ix);
+                (ix, true)
             }
+        };
+        let c = &mut shop.conversations[ix];
+        c.last_ts = c.last_ts.max(ts);
+        if is_new {
+            shop.customers[customer].open += 1;
+        } else if c.customer != customer {
+            // The sender moved the conversation to another customer id.
+            let old = std::mem::replace(&mut c.customer, customer);
+            if let Some(oc) = shop.customers.get_mut(old) {
+                oc.open -= 1;
+            }
+            shop.customers[customer].open += 1;
         }
-        let cust = s.customers.entry(customer.clone()).or_default();
-        if !cust.conversations.contains(conv) {
-            cust.conversations.push(conv.clone());
-        }
+        ix
     }
 
-    fn customer_message(
-        &mut self,
-        shop: &ShopId,
-        conv: &ConversationId,
-        customer: &CustomerId,
-        agent: Option<&AgentId>,
-        ts: i64,
-    ) {
-        let flagged = self
-            .shops
-            .get(shop)
-            .and_then(|s| s.customers.get(customer))
-            .is_some_and(|c| c.flagged);
-        if flagged {
+    fn customer_message(&mut self, s: ShopIx, conv: &ConversationId, cu: CustIx, agent: Option<AgentIx>, ts: i64) {
+        if self.shops[s as usize].flagged(cu) {
             return; // a flagged customer's messages are ignored
         }
-        self.open_conversation(shop, conv, customer, ts);
-        if let Some(agent) = agent {
-            self.assign(shop, conv, agent, ts);
+        let c = self.open_conversation(s, conv, cu, ts);
+        if let Some(a) = agent {
+            self.assign(s, c, a, ts);
         }
-        let s = self.shops.get_mut(shop).expect("opened above");
-        let c = s.conversations.get_mut(conv).expect("opened above");
-        let assigned = c.agent.clone();
-        if c.wait_start.is_none() {
-            c.wait_start = Some(ts);
-            match &assigned {
-                None => s.queue.add(ts),
+        let shop = &mut self.shops[s as usize];
+        let conversation = &mut shop.conversations[c];
+        let assigned = conversation.agent;
+        if conversation.wait_start.is_none() {
+            conversation.wait_start = Some(ts);
+            match assigned {
+                None => shop.queue.add(ts),
                 Some(a) => {
-                    s.partials
-                        .get_mut(a)
+                    shop.partials
+                        .get_mut(&a)
                         .expect("assigned agents have partials")
                         .waits
                         .add(ts);
@@ -674,66 +848,54 @@ impl Engine {
             }
         }
         if let Some(a) = assigned {
-            let p = self.partial(shop, &a);
-            let m = p.marks.entry(customer.clone()).or_default();
+            let m = self.partial(s, a).marks.entry(cu).or_default();
             m.counted = m.counted.max(ts);
-            self.touched.push((shop.clone(), a));
+            self.touched.push((s, a));
         }
     }
 
-    fn agent_message(
-        &mut self,
-        shop: &ShopId,
-        conv: &ConversationId,
-        customer: &CustomerId,
-        agent: &AgentId,
-        auto: bool,
-        ts: i64,
-    ) {
-        self.open_conversation(shop, conv, customer, ts);
-        self.assign(shop, conv, agent, ts);
+    fn agent_message(&mut self, s: ShopIx, conv: &ConversationId, cu: CustIx, a: AgentIx, auto: bool, ts: i64) {
+        let c = self.open_conversation(s, conv, cu, ts);
+        self.assign(s, c, a, ts);
         if auto {
-            self.record(shop, Some(agent), MarkKind::AutoReply, 0, ts);
+            self.record(s, Some(a), MarkKind::AutoReply, 0, ts);
             return;
         }
-        let s = self.shops.get_mut(shop).expect("opened above");
-        let cust = s.customers.get_mut(customer).expect("opened above");
-        cust.agent_messages.push_back((agent.clone(), ts));
-        if cust.agent_messages.len() > RECENT_AGENT_MESSAGES {
-            cust.agent_messages.pop_front();
-        }
-        let c = s.conversations.get_mut(conv).expect("opened above");
-        let answered = c.wait_start.take().map(|start| {
-            let first = !c.responded;
-            c.responded = true;
+        let shop = &mut self.shops[s as usize];
+        let cust = &mut shop.customers[cu];
+        cust.agent_messages.push(a, ts);
+        let conversation = &mut shop.conversations[c];
+        let answered = conversation.wait_start.take().map(|start| {
+            let first = !conversation.responded;
+            conversation.responded = true;
             (start, first)
         });
-        let p = self.partial(shop, agent);
-        let m = p.marks.entry(customer.clone()).or_default();
+        let p = self.partial(s, a);
+        let m = p.marks.entry(cu).or_default();
         m.replied = m.replied.max(ts);
         if let Some((start, first)) = answered {
             p.waits.remove(start);
             let ms = (ts - start).max(0) as u64;
             let slow = ms > p.thresholds.norm_ms;
-            self.record(shop, Some(agent), MarkKind::Response { first, slow }, ms, ts);
-            self.touched.push((shop.clone(), agent.clone()));
-            self.check_slow(shop, agent);
+            self.record(s, Some(a), MarkKind::Response { first, slow }, ms, ts);
+            self.touched.push((s, a));
+            self.check_slow(s, a);
         }
     }
 
-    /// Assigns `conv` to `agent`, moving its open wait along.
-    fn assign(&mut self, shop: &ShopId, conv: &ConversationId, agent: &AgentId, ts: i64) {
-        let s = self.shops.get_mut(shop).expect("conversation opened first");
-        let c = s.conversations.get_mut(conv).expect("conversation opened first");
-        if c.agent.as_ref() == Some(agent) {
+    /// Assigns conversation `c` to agent `a`, moving its open wait along.
+    fn assign(&mut self, s: ShopIx, c: ConvIx, a: AgentIx, ts: i64) {
+        let shop = &mut self.shops[s as usize];
+        let conversation = &mut shop.conversations[c];
+        if conversation.agent == Some(a) {
             return;
         }
-        let old = c.agent.replace(agent.clone());
-        let wait = c.wait_start;
-        let customer = c.customer.clone();
-        match &old {
+        let old = conversation.agent.replace(a);
+        let wait = conversation.wait_start;
+        let cu = conversation.customer;
+        match old {
             Some(o) => {
-                let p = s.partials.get_mut(o).expect("assigned agents have partials");
+                let p = shop.partials.get_mut(&o).expect("assigned agents have partials");
                 p.open_conversations -= 1;
                 if let Some(start) = wait {
                     p.waits.remove(start);
@@ -741,237 +903,229 @@ impl Engine {
             }
             None => {
                 if let Some(start) = wait {
-                    s.queue.remove(start);
+                    shop.queue.remove(start);
                 }
             }
         }
-        let p = self.partial(shop, agent);
+        if wait.is_some() {
+            shop.touch_customer(cu, ts);
+        }
+        let p = self.partial(s, a);
         p.open_conversations += 1;
         if let Some(start) = wait {
             p.waits.add(start);
-            let m = p.marks.entry(customer).or_default();
+            let m = p.marks.entry(cu).or_default();
             m.counted = m.counted.max(ts);
         }
         if let Some(o) = old {
-            self.dirty_agents.insert(o.clone());
-            self.touched.push((shop.clone(), o));
+            self.mark_agent(o);
+            self.touched.push((s, o));
         }
-        self.touched.push((shop.clone(), agent.clone()));
+        self.touched.push((s, a));
     }
 
-    fn close(&mut self, shop: &ShopId, conv: &ConversationId) {
-        let Some(s) = self.shops.get_mut(shop) else { return };
-        let Some(c) = s.conversations.remove(conv) else { return };
-        if let Some(cust) = s.customers.get_mut(&c.customer) {
-            cust.conversations.retain(|x| x != conv);
+    fn close(&mut self, s: ShopIx, conv: &ConversationId) {
+        let shop = &mut self.shops[s as usize];
+        let Some(ix) = shop.conversation_ix.remove(&id_key(conv.as_str())) else {
+            return;
+        };
+        let c = shop.conversations.remove(ix).expect("indexed conversations are live");
+        if let Some(cust) = shop.customers.get_mut(c.customer) {
+            cust.open -= 1;
         }
-        self.drop_conversation(shop, c);
+        self.drop_conversation(s, c);
     }
 
     /// Removes a conversation's open wait and assignment (already unlinked).
-    fn drop_conversation(&mut self, shop: &ShopId, c: Conversation) {
-        let s = self.shops.get_mut(shop).expect("caller holds the shop");
-        match &c.agent {
+    fn drop_conversation(&mut self, s: ShopIx, c: Conversation) {
+        let shop = &mut self.shops[s as usize];
+        match c.agent {
             Some(a) => {
-                let p = s.partials.get_mut(a).expect("assigned agents have partials");
+                let p = shop.partials.get_mut(&a).expect("assigned agents have partials");
                 p.open_conversations -= 1;
                 if let Some(start) = c.wait_start {
                     p.waits.remove(start);
                 }
-                let a = a.clone();
-                self.dirty_agents.insert(a.clone());
-                self.touched.push((shop.clone(), a));
+                self.mark_agent(a);
+                self.touched.push((s, a));
             }
             None => {
                 if let Some(start) = c.wait_start {
-                    s.queue.remove(start);
+                    shop.queue.remove(start);
                 }
             }
         }
     }
 
-    fn flag(&mut self, shop: &ShopId, customer: &CustomerId) {
-        let s = self.shops.entry(shop.clone()).or_default();
-        let cust = s.customers.entry(customer.clone()).or_default();
-        cust.flagged = true;
-        let convs = cust.conversations.clone();
-        for conv in convs {
-            let s = self.shops.get_mut(shop).expect("present");
-            let Some(c) = s.conversations.get_mut(&conv) else {
+    fn flag(&mut self, s: ShopIx, cu: CustIx) {
+        let shop = &mut self.shops[s as usize];
+        shop.customers[cu].flagged = true;
+        let mut changed = Vec::new();
+        // Flags are rare: a scan of the shop's open conversations is fine.
+        let Shop {
+            conversations,
+            partials,
+            queue,
+            ..
+        } = shop;
+        for conversation in conversations.values_mut().filter(|c| c.customer == cu) {
+            let Some(start) = conversation.wait_start.take() else {
                 continue;
             };
-            let Some(start) = c.wait_start.take() else { continue };
-            match c.agent.clone() {
+            match conversation.agent {
                 Some(a) => {
-                    s.partials
+                    partials
                         .get_mut(&a)
                         .expect("assigned agents have partials")
                         .waits
                         .remove(start);
-                    self.dirty_agents.insert(a.clone());
-                    self.touched.push((shop.clone(), a));
+                    changed.push(a);
                 }
-                None => s.queue.remove(start),
+                None => queue.remove(start),
             }
         }
         // The customer leaves `customers` of every agent in the shop.
-        let agents: Vec<AgentId> = self.shops[shop]
-            .partials
+        let counted: Vec<AgentIx> = partials
             .iter()
-            .filter(|(_, p)| p.marks.contains_key(customer))
-            .map(|(a, _)| a.clone())
+            .filter(|(_, p)| p.marks.contains_key(&cu))
+            .map(|(&a, _)| a)
             .collect();
-        self.dirty_agents.extend(agents);
+        for a in changed {
+            self.mark_agent(a);
+            self.touched.push((s, a));
+        }
+        for a in counted {
+            self.mark_agent(a);
+        }
     }
 
-    fn order(&mut self, shop: &ShopId, customer: &CustomerId, amount: u64, ts: i64) {
-        let credited = self
-            .shops
-            .get(shop)
-            .and_then(|s| s.customers.get(customer))
-            .and_then(|c| {
-                c.agent_messages
-                    .iter()
-                    .filter(|(_, at)| *at <= ts && *at >= ts - ATTRIBUTION_MS)
-                    .max_by_key(|(_, at)| *at)
-                    .map(|(a, _)| a.clone())
-            });
+    fn order(&mut self, s: ShopIx, customer: &CustomerId, amount: u64, ts: i64) {
+        let shop = &self.shops[s as usize];
+        let credited = shop.customer_ix.get(&id_key(customer.as_str())).and_then(|&cu| {
+            shop.customers[cu]
+                .agent_messages
+                .iter()
+                .filter(|(_, at)| *at <= ts && *at >= ts - ATTRIBUTION_MS)
+                .max_by_key(|(_, at)| *at)
+                .map(|(a, _)| (cu, a))
+        });
         match credited {
-            Some(agent) => {
-                self.record(shop, Some(&agent), MarkKind::Order, amount, ts);
-                let m = self.partial(shop, &agent).marks.entry(customer.clone()).or_default();
+            Some((cu, a)) => {
+                self.record(s, Some(a), MarkKind::Order, amount, ts);
+                self.shops[s as usize].touch_customer(cu, ts);
+                let m = self.partial(s, a).marks.entry(cu).or_default();
                 m.paid = m.paid.max(ts);
             }
-            None => self.record(shop, None, MarkKind::SilentOrder, amount, ts),
+            None => self.record(s, None, MarkKind::SilentOrder, amount, ts),
         }
     }
 
     /// Records a mark for (agent, shop), or for the shop when `agent` is `None`.
-    fn record(&mut self, shop: &ShopId, agent: Option<&AgentId>, kind: MarkKind, value: u64, ts: i64) {
+    fn record(&mut self, s: ShopIx, agent: Option<AgentIx>, kind: MarkKind, value: u64, ts: i64) {
         let day = self.calendar.day_of(ts);
         let now = self.now.max(ts);
         let mark = Mark { ts, kind, value };
         match agent {
-            Some(a) => self.partial(shop, a).samples.record(mark, day, now),
-            None => self
-                .shops
-                .entry(shop.clone())
-                .or_default()
-                .samples
-                .record(mark, day, now),
+            Some(a) => self.partial(s, a).samples.record(mark, day, now),
+            None => self.shops[s as usize].samples.record(mark, day, now),
         }
     }
 
     /// Re-evaluates `customer_waiting` for (shop, agent) and schedules the next check.
-    fn check_waiting(&mut self, shop: &ShopId, agent: &AgentId) {
+    fn check_waiting(&mut self, s: ShopIx, a: AgentIx) {
         let now = self.now;
-        let Some(p) = self.shops.get_mut(shop).and_then(|s| s.partials.get_mut(agent)) else {
-            return;
-        };
+        let Self {
+            shops, agents, alerts, ..
+        } = self;
+        let Shop {
+            id: shop_id, partials, ..
+        } = &mut shops[s as usize];
+        let Some(p) = partials.get_mut(&a) else { return };
         let t = p.thresholds;
         let oldest = p.waits.oldest();
         let age = oldest.map_or(0, |s| now.saturating_sub(s).max(0) as u64);
         let reading = Reading::customer_waiting(age, &t);
         if reading.raise || p.waiting_alert.is_some() {
-            let severity = self
-                .alerts
-                .observe(shop, agent, Rule::CustomerWaiting, reading, &t, now);
-            self.shops
-                .get_mut(shop)
-                .expect("found above")
-                .partials
-                .get_mut(agent)
-                .expect("found above")
-                .waiting_alert = severity;
+            p.waiting_alert = alerts.observe(shop_id, &agents[a as usize].id, Rule::CustomerWaiting, reading, &t, now);
         }
-        let severity = self.shops[shop].partials[agent].waiting_alert;
-        let next = oldest.and_then(|start| match severity {
+        let next = oldest.and_then(|start| match p.waiting_alert {
             None => Some(start.saturating_add(t.norm_ms as i64) + 1),
             Some(Severity::Warning) => Some(start.saturating_add(t.critical_ms as i64) + 1),
             Some(Severity::Critical) => None,
         });
-        self.schedule_wait(shop, agent, next.filter(|d| *d > now));
-    }
-
-    /// Keeps one live `wait_deadlines` entry per partial; superseded entries
-    /// are skipped when they come due.
-    fn schedule_wait(&mut self, shop: &ShopId, agent: &AgentId, next: Option<i64>) {
-        let Some(p) = self.shops.get_mut(shop).and_then(|s| s.partials.get_mut(agent)) else {
-            return;
-        };
+        // One live entry per partial; superseded entries are skipped when
+        // they come due.
+        let next = next.filter(|d| *d > now);
         if p.wait_deadline != next {
             p.wait_deadline = next;
             if let Some(d) = next {
-                self.wait_deadlines.insert((d, shop.clone(), agent.clone()));
+                self.wait_deadlines.push(Reverse((d, s, a)));
             }
         }
     }
 
     /// Re-evaluates `slow_average` for (shop, agent) over the 15m window.
-    fn check_slow(&mut self, shop: &ShopId, agent: &AgentId) {
+    fn check_slow(&mut self, s: ShopIx, a: AgentIx) {
         let now = self.now;
-        let Some(p) = self.shops.get_mut(shop).and_then(|s| s.partials.get_mut(agent)) else {
-            return;
-        };
+        let Self {
+            shops, agents, alerts, ..
+        } = self;
+        let Shop {
+            id: shop_id, partials, ..
+        } = &mut shops[s as usize];
+        let Some(p) = partials.get_mut(&a) else { return };
         let t = p.thresholds;
         let w = Window::Min15.rolling_ms().expect("rolling");
         let lo = now.saturating_sub(w) + 1;
         let (count, sum, oldest) = p.samples.responses_since(lo);
         let reading = Reading::slow_average(count, sum, &t);
         if reading.raise || p.slow_alert.is_some() {
-            let severity = self.alerts.observe(shop, agent, Rule::SlowAverage, reading, &t, now);
-            self.shops
-                .get_mut(shop)
-                .expect("found above")
-                .partials
-                .get_mut(agent)
-                .expect("found above")
-                .slow_alert = severity;
+            p.slow_alert = alerts.observe(shop_id, &agents[a as usize].id, Rule::SlowAverage, reading, &t, now);
         }
         // The average next changes when the oldest sample leaves the window.
         let next = oldest.map(|o| o + w);
-        let p = self
-            .shops
-            .get_mut(shop)
-            .and_then(|s| s.partials.get_mut(agent))
-            .expect("looked up above");
         if p.slow_deadline != next {
             p.slow_deadline = next;
             if let Some(d) = next {
-                self.slow_deadlines.insert((d, shop.clone(), agent.clone()));
+                self.slow_deadlines.push(Reverse((d, s, a)));
             }
         }
     }
 
-    /// Hourly clean-up: idle conversations, old marks, old alerts.
+    /// Hourly clean-up: idle conversations, old marks, old customers, old alerts.
     fn maintain(&mut self) {
         let now = self.now;
-        for shop in self.shop_ids() {
-            let s = self.shops.get_mut(&shop).expect("listed above");
-            let mut idle: Vec<ConversationId> = s
+        for s in 0..self.shops.len() as ShopIx {
+            let shop = &mut self.shops[s as usize];
+            let mut idle: Vec<ConversationId> = shop
                 .conversations
                 .iter()
                 .filter(|(_, c)| c.last_ts <= now - CONVERSATION_IDLE_MS)
-                .map(|(id, _)| id.clone())
+                .map(|(_, c)| c.id.clone())
                 .collect();
             idle.sort();
             for conv in idle {
-                self.close(&shop, &conv);
+                self.close(s, &conv);
             }
-            let s = self.shops.get_mut(&shop).expect("listed above");
-            for p in s.partials.values_mut() {
+            let shop = &mut self.shops[s as usize];
+            for p in shop.partials.values_mut() {
                 p.marks
                     .retain(|_, m| m.counted.max(m.replied).max(m.paid) > now - MARK_RETENTION_MS);
                 p.samples.prune(now);
             }
-            s.customers.retain(|_, c| {
-                c.flagged
-                    || !c.conversations.is_empty()
-                    || c.agent_messages
-                        .back()
-                        .is_some_and(|(_, at)| *at > now - ATTRIBUTION_MS)
-            });
-            s.samples.prune(now);
+            // Every mark's time is at most its customer's `last_ts`, so no
+            // mark left above names a customer dropped here.
+            let gone: Vec<CustIx> = shop
+                .customers
+                .iter()
+                .filter(|(_, c)| !c.flagged && c.open == 0 && c.last_ts <= now - MARK_RETENTION_MS)
+                .map(|(cu, _)| cu)
+                .collect();
+            for cu in gone {
+                let c = shop.customers.remove(cu).expect("listed above");
+                shop.customer_ix.remove(&id_key(c.id.as_str()));
+            }
+            shop.samples.prune(now);
         }
         self.settle();
         self.alerts.prune(now);
@@ -984,15 +1138,14 @@ impl Engine {
         self.calendar.peek(self.now.max(0))
     }
 
-    fn partial_acc(&self, shop_id: &ShopId, s: &Shop, p: &Partial, window: Window, range: Range, acc: &mut WindowAcc) {
-        let _ = shop_id;
+    fn partial_acc(&self, s: &Shop, p: &Partial, window: Window, range: Range, acc: &mut WindowAcc) {
         p.samples.add_to(acc, window, range, self.today());
         let mut counts = CustomerCounts::default();
-        for (customer, m) in &p.marks {
+        for (&cu, m) in &p.marks {
             if range.contains(m.paid) {
                 counts.buyers += 1;
             }
-            if !range.contains(m.counted) || s.customers.get(customer).is_some_and(|c| c.flagged) {
+            if !range.contains(m.counted) || s.flagged(cu) {
                 continue;
             }
             counts.customers += 1;
@@ -1022,10 +1175,26 @@ impl Engine {
         Range::of(window, self.now, self.today())
     }
 
+    fn shop(&self, id: &ShopId) -> Option<&Shop> {
+        self.shop_ix.get(&id_key(id.as_str())).map(|&s| &self.shops[s as usize])
+    }
+
+    fn agent_info(&self, id: &AgentId) -> Option<(AgentIx, &AgentInfo)> {
+        self.agent_ix
+            .get(&id_key(id.as_str()))
+            .map(|&a| (a, &self.agents[a as usize]))
+    }
+
+    /// The partial of (agent, shop), if any.
+    fn partial_of(&self, agent: &AgentId, shop: &ShopId) -> Option<&Partial> {
+        let (a, _) = self.agent_info(agent)?;
+        self.shop(shop)?.partials.get(&a)
+    }
+
     /// An agent's window total and live state over its shops in this
     /// partition (only `shop` when given); `None` if the agent is unknown here.
     pub fn agent_acc(&self, agent: &AgentId, window: Window, shop: Option<&ShopId>) -> Option<(WindowAcc, LiveAcc)> {
-        let info = self.agents.get(agent)?;
+        let (a, info) = self.agent_info(agent)?;
         let range = self.range(window);
         let mut acc = WindowAcc::default();
         let mut live = LiveAcc {
@@ -1033,9 +1202,9 @@ impl Engine {
             ..LiveAcc::default()
         };
         for shop_id in info.shops.iter().filter(|s| shop.is_none_or(|f| f == *s)) {
-            let Some(s) = self.shops.get(shop_id) else { continue };
-            let Some(p) = s.partials.get(agent) else { continue };
-            self.partial_acc(shop_id, s, p, window, range, &mut acc);
+            let Some(s) = self.shop(shop_id) else { continue };
+            let Some(p) = s.partials.get(&a) else { continue };
+            self.partial_acc(s, p, window, range, &mut acc);
             live.merge(&Self::partial_live(p));
         }
         Some((acc, live))
@@ -1043,12 +1212,12 @@ impl Engine {
 
     /// A shop's window total (sum of its partials plus silent orders) and live state.
     pub fn shop_acc(&self, shop: &ShopId, window: Window) -> Option<(WindowAcc, LiveAcc)> {
-        let s = self.shops.get(shop)?;
+        let s = self.shop(shop)?;
         let range = self.range(window);
         let mut acc = WindowAcc::default();
         let mut live = LiveAcc::default();
         for p in s.partials.values() {
-            self.partial_acc(shop, s, p, window, range, &mut acc);
+            self.partial_acc(s, p, window, range, &mut acc);
             live.merge(&Self::partial_live(p));
         }
         s.samples.add_to(&mut acc, window, range, self.today());
@@ -1059,30 +1228,29 @@ impl Engine {
 
     /// Agents known to this partition, sorted.
     pub fn agent_ids(&self) -> Vec<AgentId> {
-        let mut v: Vec<_> = self.agents.keys().cloned().collect();
+        let mut v: Vec<_> = self.agents.iter().map(|a| a.id.clone()).collect();
         v.sort();
         v
     }
 
     /// Shops of this partition, sorted.
     pub fn shop_ids(&self) -> Vec<ShopId> {
-        let mut v: Vec<_> = self.shops.keys().cloned().collect();
+        let mut v: Vec<_> = self.shops.iter().map(|s| s.id.clone()).collect();
         v.sort();
         v
     }
 
     /// Shops an agent has state in.
     pub fn shops_of(&self, agent: &AgentId) -> Vec<ShopId> {
-        self.agents
-            .get(agent)
-            .map(|a| a.shops.iter().cloned().collect())
+        self.agent_info(agent)
+            .map(|(_, a)| a.shops.iter().cloned().collect())
             .unwrap_or_default()
     }
 
     /// The full stats object of one agent (single-partition use: replay, tests).
     pub fn agent_stats(&self, agent: &AgentId, window: Window, shop: Option<&ShopId>) -> Option<AgentStats> {
         if let Some(s) = shop
-            && !self.agents.get(agent)?.shops.contains(s)
+            && !self.agent_info(agent)?.1.shops.contains(s)
         {
             return None;
         }
@@ -1101,20 +1269,27 @@ impl Engine {
 
     /// Open waits of an agent (or the queue of `shop` when `agent` is `None`), oldest first.
     pub fn open_waits(&self, agent: Option<&AgentId>, shop: Option<&ShopId>) -> Vec<OpenWait> {
+        let wanted = match agent {
+            Some(id) => match self.agent_info(id) {
+                Some((a, _)) => Some(a),
+                None => return Vec::new(),
+            },
+            None => None,
+        };
         let mut out = Vec::new();
-        for (shop_id, s) in &self.shops {
-            if shop.is_some_and(|f| f != shop_id) {
+        for s in &self.shops {
+            if shop.is_some_and(|f| *f != s.id) {
                 continue;
             }
-            for (conv, c) in &s.conversations {
+            for (_, c) in s.conversations.iter() {
                 if let Some(since) = c.wait_start
-                    && c.agent.as_ref() == agent
+                    && c.agent == wanted
                 {
                     out.push(OpenWait {
-                        shop: shop_id.clone(),
-                        conversation: conv.clone(),
-                        customer: c.customer.clone(),
-                        agent: c.agent.clone(),
+                        shop: s.id.clone(),
+                        conversation: c.id.clone(),
+                        customer: s.customers[c.customer].id.clone(),
+                        agent: c.agent.map(|a| self.agents[a as usize].id.clone()),
                         since,
                     });
                 }
@@ -1126,14 +1301,14 @@ impl Engine {
 
     /// Rolling marks of an agent over the last hour (all its shops here).
     pub fn agent_recent_marks(&self, agent: &AgentId) -> Vec<Mark> {
-        let Some(info) = self.agents.get(agent) else {
+        let Some((_, info)) = self.agent_info(agent) else {
             return Vec::new();
         };
         let lo = self.now.saturating_sub(window::HOUR_MS) + 1;
         let mut marks: Vec<Mark> = info
             .shops
             .iter()
-            .filter_map(|s| self.shops.get(s)?.partials.get(agent))
+            .filter_map(|s| self.partial_of(agent, s))
             .flat_map(|p| p.samples.recent().filter(|m| m.ts >= lo).copied())
             .collect();
         marks.sort_by_key(|m| m.ts);
@@ -1142,15 +1317,13 @@ impl Engine {
 
     /// Whether the agent has been seen here.
     pub fn knows(&self, agent: &AgentId) -> bool {
-        self.agents.contains_key(agent)
+        self.agent_info(agent).is_some()
     }
 
     /// Rolling marks of (agent, shop) over the last hour, oldest first.
     pub fn agent_recent_marks_in(&self, agent: &AgentId, shop: &ShopId) -> Vec<Mark> {
         let lo = self.now.saturating_sub(window::HOUR_MS) + 1;
-        self.shops
-            .get(shop)
-            .and_then(|s| s.partials.get(agent))
+        self.partial_of(agent, shop)
             .map(|p| p.samples.recent().filter(|m| m.ts >= lo).copied().collect())
             .unwrap_or_default()
     }
@@ -1158,12 +1331,7 @@ impl Engine {
     /// Today's response distribution of (agent, shop).
     pub fn agent_day_dist(&self, agent: &AgentId, shop: &ShopId) -> Option<&window::Dist> {
         let today = self.today();
-        self.shops
-            .get(shop)?
-            .partials
-            .get(agent)?
-            .samples
-            .day_dist(today.start_ms)
+        self.partial_of(agent, shop)?.samples.day_dist(today.start_ms)
     }
 
     /// Alert by id.
@@ -1196,28 +1364,31 @@ impl Engine {
         self.alerts.take_changes()
     }
 
-    /// Agents and shops changed since the last call.
-    pub fn take_dirty(&mut self) -> (HashSet<AgentId>, HashSet<ShopId>) {
-        (
-            {
-                let mut agents = std::mem::take(&mut self.dirty_agents);
-                for (shop, agent) in self.dirty_partials.drain(..) {
-                    if let Some(p) = self.shops.get_mut(&shop).and_then(|s| s.partials.get_mut(&agent)) {
-                        p.dirty = false;
-                    }
-                    agents.insert(agent);
-                }
-                agents
-            },
-            self.dirty_shop_list
-                .drain(..)
-                .inspect(|shop| {
-                    if let Some(s) = self.shops.get_mut(shop) {
-                        s.dirty = false;
-                    }
-                })
-                .collect(),
-        )
+    /// Agents and shops changed since the last call (an agent may be
+    /// listed more than once).
+    pub fn take_dirty(&mut self) -> (Vec<AgentId>, Vec<ShopId>) {
+        let mut agents = Vec::with_capacity(self.dirty_agents.len() + self.dirty_partials.len());
+        for a in self.dirty_agents.drain(..) {
+            let info = &mut self.agents[a as usize];
+            info.dirty = false;
+            agents.push(info.id.clone());
+        }
+        for (s, a) in self.dirty_partials.drain(..) {
+            if let Some(p) = self.shops[s as usize].partials.get_mut(&a) {
+                p.dirty = false;
+            }
+            agents.push(self.agents[a as usize].id.clone());
+        }
+        let shops = self
+            .dirty_shop_list
+            .drain(..)
+            .map(|s| {
+                let shop = &mut self.shops[s as usize];
+                shop.dirty = false;
+                shop.id.clone()
+            })
+            .collect();
+        (agents, shops)
     }
 
     /// Whether (shop, id) was accepted before.
@@ -1230,17 +1401,45 @@ impl Engine {
         Census {
             shops: self.shops.len(),
             agents: self.agents.len(),
-            partials: self.shops.values().map(|s| s.partials.len()).sum(),
-            conversations: self.shops.values().map(|s| s.conversations.len()).sum(),
-            customers: self.shops.values().map(|s| s.customers.len()).sum(),
+            partials: self.shops.iter().map(|s| s.partials.len()).sum(),
+            conversations: self.shops.iter().map(|s| s.conversations.len()).sum(),
+            customers: self.shops.iter().map(|s| s.customers.len()).sum(),
             dedup_ids: self.dedup.len(),
             active_alerts: self.alerts.active().count(),
+            alerts_held: self.alerts.all().count(),
         }
     }
 
     /// Thresholds in force for (agent, shop).
     pub fn thresholds(&self, agent: Option<&AgentId>, shop: &ShopId) -> Thresholds {
         self.settings.thresholds_for(agent, shop)
+    }
+}
+
+#[cfg(test)]
+impl Engine {
+    /// Panics unless every index points at a live value: marks and
+    /// conversations at live customers, customers' open counts right.
+    fn assert_consistent(&self) {
+        for shop in &self.shops {
+            let mut open = Map::<CustIx, u32>::default();
+            for (_, c) in shop.conversations.iter() {
+                assert!(
+                    shop.customers.get(c.customer).is_some(),
+                    "conversation of a dead customer"
+                );
+                *open.entry(c.customer).or_default() += 1;
+            }
+            for (cu, c) in shop.customers.iter() {
+                assert_eq!(c.open, open.get(&cu).copied().unwrap_or(0), "open count of {}", c.id);
+                assert_eq!(shop.customer_ix.get(&id_key(c.id.as_str())), Some(&cu));
+            }
+            for p in shop.partials.values() {
+                for cu in p.marks.keys() {
+                    assert!(shop.customers.get(*cu).is_some(), "a mark names a dead customer slot");
+                }
+            }
+        }
     }
 }
 

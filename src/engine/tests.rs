@@ -736,3 +736,42 @@ fn shop_override_changes_the_norm() {
     d.reply(T0 + 25 * S, "c1", "u1", "a1");
     assert_eq!(d.today("a1").slow_responses, 1);
 }
+
+#[test]
+fn a_forgotten_customers_slot_is_reused_without_inheriting_marks() {
+    let mut d = Desk::new();
+    // Day 1: a1 serves c-old; a2 never sees it.
+    d.customer(T0, "k1", "c-old", Some("a1"));
+    d.reply(T0 + 10 * S, "k1", "c-old", "a1");
+    d.close(T0 + 20 * S, "k1");
+    // Two days later every mark of c-old is beyond retention; the hourly
+    // clean-up forgets the customer and its slot can be reused.
+    let later = T0 + 50 * 3_600_000;
+    d.customer(later, "k2", "c-new", Some("a2"));
+    d.engine.assert_consistent();
+    d.reply(later + 5 * S, "k2", "c-new", "a2");
+    d.customer(later + 2 * 3_600_000, "k3", "c-newer", Some("a2"));
+    assert_eq!(d.engine.census().customers, 2, "c-old is forgotten");
+    let a1 = d.stats("a1", Window::Hour);
+    assert_eq!(a1.metrics.customers, 0, "a1 inherited no customer from a reused slot");
+    let a2 = d.stats("a2", Window::Today);
+    assert_eq!((a2.metrics.customers, a2.metrics.replied_customers), (2, 1));
+    // The conversation of the reused slot belongs to its new customer.
+    let waits = d.engine.open_waits(Some(&"a2".into()), None);
+    assert_eq!(waits.len(), 1);
+    assert_eq!(waits[0].customer.as_str(), "c-newer");
+    d.engine.assert_consistent();
+}
+
+#[test]
+fn a_flag_drops_the_waits_of_every_conversation_of_the_customer() {
+    let mut d = Desk::new();
+    d.customer(T0, "k1", "spam", Some("a1"));
+    d.customer(T0 + S, "k2", "spam", None);
+    d.customer(T0 + 2 * S, "k3", "fine", Some("a1"));
+    d.flag(T0 + 3 * S, "spam");
+    let a1 = d.stats("a1", Window::Today);
+    assert_eq!(a1.live.waiting, 1, "only the unflagged customer still waits");
+    assert_eq!(d.engine.shop_acc(&"s1".into(), Window::Today).unwrap().1.queued, 0);
+    d.engine.assert_consistent();
+}
