@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::engine::alerts::Thresholds;
 use crate::engine::{Clock, Settings, ThresholdOverride};
+use crate::http::auth;
 use crate::protocol::{AgentId, ShopId, TeamId, UnknownFields};
 
 /// A config problem, naming the key.
@@ -118,9 +119,10 @@ pub enum Role {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
-    /// The token in clear.
+    /// The token in clear, or an argon2 PHC string (a value starting with
+    /// `$argon2` is always taken as a hash).
     pub token: Option<String>,
-    /// Or its hash: `sha256:<hex>`.
+    /// Or its hash: `sha256:<hex>` or an argon2 PHC string (`$argon2id$…`).
     pub token_hash: Option<String>,
     /// A display name (shown as `acked_by`); defaults to the role and scope.
     pub name: Option<String>,
@@ -251,13 +253,19 @@ impl Config {
             match (&t.token, &t.token_hash) {
                 (Some(_), Some(_)) => return Err(invalid(&key, "give `token` or `token_hash`, not both")),
                 (None, None) => return Err(invalid(&key, "needs `token` or `token_hash`")),
+                (Some(tok), None) if auth::is_argon2(tok) => {
+                    auth::parse_argon2(tok).map_err(|reason| invalid(format!("{key}.token"), reason))?;
+                }
                 (Some(tok), None) if tok.len() < 8 => {
                     return Err(invalid(format!("{key}.token"), "shorter than 8 characters"));
                 }
-                (None, Some(h)) if crate::http::auth::parse_hash(h).is_none() => {
+                (None, Some(h)) if auth::is_argon2(h) => {
+                    auth::parse_argon2(h).map_err(|reason| invalid(format!("{key}.token_hash"), reason))?;
+                }
+                (None, Some(h)) if auth::parse_hash(h).is_none() => {
                     return Err(invalid(
                         format!("{key}.token_hash"),
-                        "expected `sha256:` and 64 hex digits",
+                        "expected `sha256:` and 64 hex digits, or an argon2 PHC string (`$argon2id$…`)",
                     ));
                 }
                 _ => {}

@@ -1,6 +1,6 @@
 //! The `deskpulse` command: parse flags, load config, run.
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +61,14 @@ enum Command {
     CheckConfig {
         /// The TOML file.
         file: PathBuf,
+    },
+    /// Read a token from standard input (its first line) and print the value
+    /// for `token_hash` in a [[tokens]] entry.
+    HashToken {
+        /// Print an argon2id PHC string (default parameters, random salt)
+        /// instead of `sha256:<hex>`.
+        #[arg(long)]
+        argon2: bool,
     },
 }
 
@@ -222,6 +230,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.alerts.teams.len()
             );
             println!("  teams: {}, tokens: {}", config.teams.len(), config.tokens.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashToken { argon2 } => {
+            // From stdin, not argv: a token on the command line ends up in shell history.
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprint!("token: ");
+                std::io::stderr().flush()?;
+            }
+            let mut line = String::new();
+            stdin.read_line(&mut line).context("cannot read the token")?;
+            // The server trims the token it is sent, so spaces around it could never match.
+            let token = line.trim();
+            if token.len() < 8 {
+                anyhow::bail!("the token is shorter than 8 characters");
+            }
+            let value = if argon2 {
+                deskpulse::http::auth::hash_token_argon2(token).map_err(|e| anyhow::anyhow!("argon2: {e}"))?
+            } else {
+                deskpulse::http::auth::hash_token(token)
+            };
+            println!("{value}");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -753,3 +753,107 @@ async fn active_alerts_are_in_the_stream_snapshot_after_a_restart() {
     ids.sort();
     assert_eq!(in_snapshot, ids, "same alerts, same ids, after kill -9");
 }
+
+/// An argon2id PHC string with tiny parameters (8 KiB, one pass): fast to check.
+fn small_argon2(token: &str) -> String {
+    use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, Version};
+    let params = Params::new(8, 1, 1, None).unwrap();
+    let hash: PasswordHash = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_with_salt(token.as_bytes(), b"deskpulse-it-salt")
+        .unwrap();
+    hash.to_string()
+}
+
+/// `deskpulse hash-token [--argon2]` with `token` on stdin.
+fn hash_token_cli(token: &str, argon2: bool) -> String {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"));
+    cmd.arg("hash-token");
+    if argon2 {
+        cmd.arg("--argon2");
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn argon2_hashed_tokens_work_over_rest_and_websocket() {
+    let dir = DataDir::new("argon2");
+    // A supervisor as `token_hash`, and an admin as `token` with the CLI's
+    // default parameters (verified once, then cached).
+    let admin = hash_token_cli("argon-admin-token", true);
+    assert!(admin.starts_with("$argon2id$"), "{admin}");
+    assert!(hash_token_cli("argon-admin-token", false).starts_with("sha256:"));
+    let config = format!(
+        "{CONFIG}\n[[tokens]]\ntoken_hash = \"{}\"\nrole = \"supervisor\"\nteams = [\"t1\"]\n\n\
+         [[tokens]]\ntoken = \"{admin}\"\nrole = \"admin\"\nname = \"argon-admin\"\n",
+        small_argon2("argon-sup-token"),
+    );
+    let s = Server::start(&dir.0, Some(&config), "event");
+    let ts = 1_762_826_400_000;
+    let body = [
+        customer("g1", ts, "s1", "c1", "u1", Some("a1")),
+        customer("g2", ts, "s2", "c3", "u3", Some("a3")),
+    ]
+    .join("\n");
+    assert_eq!(s.post("/v1/events", Some("ingest-token"), body.as_bytes()).await.0, 200);
+    for _ in 0..2 {
+        assert_eq!(s.get("/v1/agents/a1/stats", Some("argon-sup-token")).await.0, 200);
+        assert_eq!(s.get("/v1/agents/a3/stats", Some("argon-sup-token")).await.0, 403);
+        assert_eq!(s.get("/v1/agents/a1/stats", Some("argon-sup-tokenX")).await.0, 401);
+        assert_eq!(s.get("/v1/agents/a1/stats", None).await.0, 401);
+    }
+    // The PHC string is not itself a token; clear tokens still work beside it.
+    let phc = small_argon2("argon-sup-token");
+    assert_eq!(s.get("/v1/desk/stats", Some(&phc)).await.0, 401);
+    assert_eq!(s.get("/v1/desk/stats", Some("admin-token")).await.0, 200);
+    let (status, me) = s.get("/v1/whoami", Some("argon-admin-token")).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(
+        (me["role"].as_str(), me["name"].as_str()),
+        (Some("admin"), Some("argon-admin"))
+    );
+    // The live stream, with the header and with the subprotocol.
+    let mut ws = s.ws("/v1/stream", Some("argon-sup-token")).await.expect("stream");
+    let snap = wait_for(&mut ws, T, |v| v["type"] == "snapshot")
+        .await
+        .expect("snapshot");
+    let names: Vec<&str> = snap["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["a1", "a2"], "team t1 only");
+    assert!(
+        s.ws_with(
+            "/v1/stream",
+            &[("sec-websocket-protocol", "deskpulse, bearer.argon-admin-token")]
+        )
+        .await
+        .is_ok()
+    );
+    assert!(s.ws("/v1/stream", Some("argon-sup-tokenX")).await.is_err());
+    // A malformed PHC string is refused at start, naming the key.
+    let p = dir.0.join("bad.toml");
+    std::fs::write(
+        &p,
+        format!("{CONFIG}\n[[tokens]]\ntoken_hash = \"$argon2id$v=19$m=8,t=1,p=1$!!\"\nrole = \"admin\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"))
+        .arg("check-config")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tokens[6].token_hash"), "{err}");
+}

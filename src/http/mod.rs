@@ -150,8 +150,9 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Who is calling: from the `Authorization` header, the `deskpulse_token`
-/// cookie, or (WebSockets) a `bearer.<token>` subprotocol.
-pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
+/// cookie, or (WebSockets) a `bearer.<token>` subprotocol. Argon2-hashed
+/// tokens are verified off the executor ([`Tokens::authenticate`]).
+pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
     if app.open {
         return Ok(Principal::open());
     }
@@ -165,13 +166,13 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
             )
         })?;
     app.tokens
-        .lookup(&token)
-        .cloned()
+        .authenticate(&token)
+        .await
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"))
 }
 
-fn reader(app: &App, headers: &HeaderMap) -> Result<(Principal, Scope)> {
-    let p = authenticate(app, headers)?;
+async fn reader(app: &App, headers: &HeaderMap) -> Result<(Principal, Scope)> {
+    let p = authenticate(app, headers).await?;
     if p.role == Role::Ingest {
         return Err(ApiError::forbidden("an ingest token may only send events"));
     }
@@ -237,7 +238,7 @@ async fn post_events(
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let p = authenticate(&app, &headers)?;
+    let p = authenticate(&app, &headers).await?;
     if auth_write(&p).is_none() {
         return Err(ApiError::forbidden(format!(
             "role `{}` may not send events",
@@ -267,7 +268,7 @@ fn auth_write(p: &Principal) -> Option<()> {
 }
 
 async fn ws_ingest(State(app): AppState, headers: HeaderMap, ws: WebSocketUpgrade) -> Result<Response> {
-    let p = authenticate(&app, &headers)?;
+    let p = authenticate(&app, &headers).await?;
     check_origin(&app, &headers)?;
     if auth_write(&p).is_none() {
         return Err(ApiError::forbidden(format!(
@@ -307,7 +308,7 @@ async fn ws_stream(
     Query(q): Query<StreamQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response> {
-    let (_, scope) = reader(&app, &headers)?;
+    let (_, scope) = reader(&app, &headers).await?;
     check_origin(&app, &headers)?;
     let base = app.node.config().server.push_interval_ms;
     // The engine publishes once per push interval already; a subscriber
@@ -334,7 +335,7 @@ async fn ws_stream(
 // ---- queries ----
 
 async fn whoami(State(app): AppState, headers: HeaderMap) -> Result<Response> {
-    let p = authenticate(&app, &headers)?;
+    let p = authenticate(&app, &headers).await?;
     Ok(axum::Json(json!({
         "role": role_name(p.role),
         "name": p.name,
@@ -352,7 +353,7 @@ async fn agent_stats(
     Path(agent): Path<String>,
     Query(q): Query<WindowQuery>,
 ) -> Result<Response> {
-    let (p, scope) = reader(&app, &headers)?;
+    let (p, scope) = reader(&app, &headers).await?;
     let w = window(&q.window)?;
     let agent = AgentId::new(&agent);
     let filter = agent_scope(&app, &p, &scope, &agent).await?;
@@ -370,7 +371,7 @@ async fn agent_stats(
 }
 
 async fn list_agents(State(app): AppState, headers: HeaderMap, Query(q): Query<WindowQuery>) -> Result<Response> {
-    let (_, scope) = reader(&app, &headers)?;
+    let (_, scope) = reader(&app, &headers).await?;
     let w = window(&q.window)?;
     let out = app
         .node
@@ -394,7 +395,7 @@ async fn list_agents(State(app): AppState, headers: HeaderMap, Query(q): Query<W
 }
 
 async fn agent_detail(State(app): AppState, headers: HeaderMap, Path(agent): Path<String>) -> Result<Response> {
-    let (p, scope) = reader(&app, &headers)?;
+    let (p, scope) = reader(&app, &headers).await?;
     let agent = AgentId::new(&agent);
     let filter = agent_scope(&app, &p, &scope, &agent).await?;
     let out = app
@@ -421,7 +422,7 @@ async fn agent_standing(
     Path(agent): Path<String>,
     Query(q): Query<WindowQuery>,
 ) -> Result<Response> {
-    let (p, scope) = reader(&app, &headers)?;
+    let (p, scope) = reader(&app, &headers).await?;
     let w = window(&q.window)?;
     let agent = AgentId::new(&agent);
     agent_scope(&app, &p, &scope, &agent).await?;
@@ -461,7 +462,7 @@ async fn team_stats(
     Path(team): Path<String>,
     Query(q): Query<WindowQuery>,
 ) -> Result<Response> {
-    let (_, scope) = reader(&app, &headers)?;
+    let (_, scope) = reader(&app, &headers).await?;
     let w = window(&q.window)?;
     let team = TeamId::new(&team);
     if !scope.sees_team(&team) {
@@ -480,7 +481,7 @@ async fn shop_stats(
     Path(shop): Path<String>,
     Query(q): Query<WindowQuery>,
 ) -> Result<Response> {
-    let (_, scope) = reader(&app, &headers)?;
+    let (_, scope) = reader(&app, &headers).await?;
     let w = window(&q.window)?;
     let shop = ShopId::new(&shop);
     if !scope.sees_shop(&shop) {
@@ -494,7 +495,7 @@ async fn shop_stats(
 }
 
 async fn desk_stats(State(app): AppState, headers: HeaderMap, Query(q): Query<WindowQuery>) -> Result<Response> {
-    let (_, scope) = reader(&app, &headers)?;
+    let (_, scope) = reader(&app, &headers).await?;
     let w = window(&q.window)?;
     if !scope.sees_desk() {
         return Err(ApiError::forbidden("the desk total is for administrators"));
@@ -511,7 +512,7 @@ struct AlertQuery {
 }
 
 async fn list_alerts(State(app): AppState, headers: HeaderMap, Query(q): Query<AlertQuery>) -> Result<Response> {
-    let (_, scope) = reader(&app, &headers)?;
+    let (_, scope) = reader(&app, &headers).await?;
     let all = match q.state.as_deref() {
         None | Some("active") => false,
         Some("all") => true,
@@ -539,7 +540,7 @@ async fn list_alerts(State(app): AppState, headers: HeaderMap, Query(q): Query<A
 }
 
 async fn ack_alert(State(app): AppState, headers: HeaderMap, Path(id): Path<String>) -> Result<Response> {
-    let (p, scope) = reader(&app, &headers)?;
+    let (p, scope) = reader(&app, &headers).await?;
     if p.role == Role::Agent {
         return Err(ApiError::forbidden("agents cannot acknowledge alerts"));
     }
