@@ -63,7 +63,10 @@ pub struct Counters {
     pub truncated_bytes: AtomicU64,
 }
 
-type Reply = oneshot::Sender<Result<Vec<Applied>, NodeError>>;
+/// The outcome of each event, and the events themselves: they are freed by
+/// the waiting connection, not on the engine thread.
+type Outcome = Result<(Vec<Applied>, Vec<Event>), NodeError>;
+type Reply = oneshot::Sender<Outcome>;
 type Query = Box<dyn FnOnce(&Desk) + Send>;
 
 enum LogCmd {
@@ -118,14 +121,17 @@ struct AckRecord {
 
 /// The outcome of an enqueued batch, once durable and applied.
 #[derive(Debug)]
-pub struct Pending(Option<oneshot::Receiver<Result<Vec<Applied>, NodeError>>>);
+pub struct Pending(Option<oneshot::Receiver<Outcome>>);
 
 impl Pending {
     /// Waits for the outcome.
     pub async fn wait(self) -> Result<Vec<Applied>, NodeError> {
         match self.0 {
             None => Ok(Vec::new()),
-            Some(rx) => rx.await.map_err(|_| NodeError::Stopped)?,
+            Some(rx) => rx
+                .await
+                .map_err(|_| NodeError::Stopped)?
+                .map(|(outcomes, _events)| outcomes),
         }
     }
 }
@@ -677,8 +683,27 @@ impl Snapshots {
 }
 
 fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wall: bool, mut snapshots: Snapshots) {
+    // A publish runs in slices: PUBLISH_SLICE after each command while
+    // commands keep coming, IDLE_SLICE at a time when none is waiting.
+    const PUBLISH_SLICE: Duration = Duration::from_micros(500);
+    const IDLE_SLICE: Duration = Duration::from_millis(5);
     let mut publisher = crate::publish::Publisher::default();
-    while let Some(cmd) = rx.blocking_recv() {
+    loop {
+        let cmd = if publisher.busy() {
+            match rx.try_recv() {
+                Ok(cmd) => cmd,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    publisher.step(&mut desk, &hub, IDLE_SLICE);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+        } else {
+            match rx.blocking_recv() {
+                Some(cmd) => cmd,
+                None => break,
+            }
+        };
         match cmd {
             EngineCmd::Apply {
                 events,
@@ -690,8 +715,8 @@ fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wa
                     desk.tick(now);
                 }
                 let outcomes: Vec<Applied> = desk.apply_batch(&events);
-                reply.send(Ok(outcomes)).ok();
                 snapshots.applied(through, events.len() as u64);
+                reply.send(Ok((outcomes, events))).ok();
             }
             EngineCmd::Ack {
                 ack,
@@ -710,12 +735,15 @@ fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wa
                     desk.tick(wall_ms());
                 }
             }
-            EngineCmd::Publish { full } => publisher.publish(&mut desk, &hub, full),
+            EngineCmd::Publish { full } => publisher.start(&mut desk, full),
             EngineCmd::Query(job) => job(&desk),
         }
         let changes = desk.take_alert_changes();
         if !changes.is_empty() {
             hub.alerts(changes);
+        }
+        if publisher.busy() {
+            publisher.step(&mut desk, &hub, PUBLISH_SLICE);
         }
         snapshots.maybe_write(&desk, false);
     }

@@ -190,7 +190,7 @@ impl Desk {
                         }
                     }
                     if live.status.is_none() {
-                        live.status = p.agent_acc(agent, Window::Min5, None).and_then(|(_, l)| l.status);
+                        live.status = p.agent_status(agent);
                     }
                 }
             }
@@ -236,7 +236,7 @@ impl Desk {
     pub fn shop_stats(&self, shop: &ShopId, window: Window) -> Option<TotalStats> {
         let p = &self.parts[partition_of(shop, self.parts.len())];
         let (acc, live) = p.shop_acc(shop, window)?;
-        let agents = p.agent_ids().iter().filter(|a| p.shops_of(a).contains(shop)).count() as u64;
+        let agents = p.shop_agent_count(shop) as u64;
         Some(self.total("shop", shop.to_string(), window, agents, &acc, &live))
     }
 

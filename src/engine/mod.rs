@@ -1315,6 +1315,16 @@ impl Engine {
         marks
     }
 
+    /// The agent's desk status, if it was ever reported here.
+    pub fn agent_status(&self, agent: &AgentId) -> Option<AgentStatus> {
+        self.agent_info(agent)?.1.status
+    }
+
+    /// Agents with state in `shop` (one partial each).
+    pub fn shop_agent_count(&self, shop: &ShopId) -> usize {
+        self.shop(shop).map_or(0, |s| s.partials.len())
+    }
+
     /// Whether the agent has been seen here.
     pub fn knows(&self, agent: &AgentId) -> bool {
         self.agent_info(agent).is_some()

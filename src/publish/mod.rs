@@ -197,26 +197,44 @@ struct AgentView<'a> {
     sparkline: Vec<Option<f64>>,
 }
 
-fn agent_json(desk: &Desk, agent: &AgentId, shop: Option<&ShopId>, shops: &[ShopId], teams: &[TeamId]) -> Arc<str> {
-    let filter: ShopFilter = shop.map(|s| BTreeSet::from([s.clone()]));
-    let now = desk.now();
-    let (today, live) = desk.agent_acc(agent, Window::Today, &filter);
-    let (m15, _) = desk.agent_acc(agent, Window::Min15, &filter);
-    let view = AgentView {
-        agent,
-        shop,
-        shops,
-        teams,
-        live: live.state(now),
-        today: today.metrics(),
-        m15: m15.metrics(),
-        sparkline: desk
-            .minutes(agent, &filter)
-            .into_iter()
-            .map(|m| m.avg_response_ms)
-            .collect(),
-    };
-    serde_json::to_string(&view).expect("views serialize").into()
+/// The figures of an agent view (all shops, or one shop's slice).
+struct AgentFigures {
+    live: LiveState,
+    today: WindowMetrics,
+    m15: WindowMetrics,
+    sparkline: Vec<Option<f64>>,
+}
+
+impl AgentFigures {
+    fn compute(desk: &Desk, agent: &AgentId, shop: Option<&ShopId>) -> Self {
+        let filter: ShopFilter = shop.map(|s| BTreeSet::from([s.clone()]));
+        let (today, live) = desk.agent_acc(agent, Window::Today, &filter);
+        let (m15, _) = desk.agent_acc(agent, Window::Min15, &filter);
+        Self {
+            live: live.state(desk.now()),
+            today: today.metrics(),
+            m15: m15.metrics(),
+            sparkline: desk
+                .minutes(agent, &filter)
+                .into_iter()
+                .map(|m| m.avg_response_ms)
+                .collect(),
+        }
+    }
+
+    fn json(&self, agent: &AgentId, shop: Option<&ShopId>, shops: &[ShopId], teams: &[TeamId]) -> Arc<str> {
+        let view = AgentView {
+            agent,
+            shop,
+            shops,
+            teams,
+            live: self.live.clone(),
+            today: self.today.clone(),
+            m15: self.m15.clone(),
+            sparkline: self.sparkline.clone(),
+        };
+        serde_json::to_string(&view).expect("views serialize").into()
+    }
 }
 
 fn total_json(key: &str, today: &TotalStats, m15: &TotalStats) -> Arc<str> {
@@ -245,17 +263,57 @@ fn total_json(key: &str, today: &TotalStats, m15: &TotalStats) -> Arc<str> {
 }
 
 /// Turns the desk's changes into views at each push tick (engine thread).
+///
+/// A publish is a job computed a slice at a time ([`Publisher::step`]),
+/// so the engine thread goes on applying events in between: one push never
+/// stalls ingest for the tens of milliseconds a busy desk's views take.
+/// Every view is computed from the live desk when its turn comes; the
+/// batch goes out whole when the last one is done.
 #[derive(Debug, Default)]
 pub struct Publisher {
     published_once: bool,
+    job: Option<Job>,
+    /// A full publish was asked for while a job was under way.
+    full_pending: bool,
+}
+
+#[derive(Debug)]
+struct Job {
+    settings: Arc<crate::engine::Settings>,
+    batch: UpdateBatch,
+    agents: std::collections::VecDeque<AgentId>,
+    teams: BTreeSet<TeamId>,
+    /// Filled from `teams` once every agent is done.
+    team_queue: std::collections::VecDeque<TeamId>,
+    shops: std::collections::VecDeque<ShopId>,
+    desk_done: bool,
 }
 
 impl Publisher {
     /// Publishes changed views, or every view when `full` (rolling windows
-    /// slide even without events).
+    /// slide even without events), all at once.
     pub fn publish(&mut self, desk: &mut Desk, hub: &Hub, full: bool) {
-        let (dirty_agents, dirty_shops) = desk.take_dirty();
+        self.start(desk, full);
+        while self.busy() {
+            self.step(desk, hub, std::time::Duration::MAX);
+        }
+    }
+
+    /// Whether a publish is under way.
+    pub fn busy(&self) -> bool {
+        self.job.is_some()
+    }
+
+    /// Starts a publish of what changed (everything when `full`). While one
+    /// is under way a plain push waits for the next tick (the desk keeps
+    /// its changes) and a full one is queued.
+    pub fn start(&mut self, desk: &mut Desk, full: bool) {
+        if self.job.is_some() {
+            self.full_pending |= full;
+            return;
+        }
         let full = full || !self.published_once;
+        let (dirty_agents, dirty_shops) = desk.take_dirty();
         if !full && dirty_agents.is_empty() && dirty_shops.is_empty() {
             return;
         }
@@ -273,54 +331,109 @@ impl Publisher {
             (dirty_agents, shops)
         };
         let settings = desk.settings().clone();
-        let mut batch = UpdateBatch {
-            now: desk.now(),
-            ..UpdateBatch::default()
+        let teams = if full {
+            settings.teams.keys().cloned().collect()
+        } else {
+            BTreeSet::new()
         };
-        let mut teams: BTreeSet<TeamId> = BTreeSet::new();
-        for agent in &agents {
-            let agent_shops = desk.shops_of(agent);
-            let agent_teams = settings.teams_of(agent);
-            teams.extend(agent_teams.iter().cloned());
-            let json = agent_json(desk, agent, None, &agent_shops, &agent_teams);
+        self.job = Some(Job {
+            settings,
+            batch: UpdateBatch::default(),
+            agents: agents.into_iter().collect(),
+            teams,
+            team_queue: Default::default(),
+            shops: shops.into_iter().collect(),
+            desk_done: false,
+        });
+    }
+
+    /// Computes views of the publish under way until `budget` is spent
+    /// (at least one view), and sends the batch when all are done.
+    pub fn step(&mut self, desk: &mut Desk, hub: &Hub, budget: std::time::Duration) {
+        let Some(job) = &mut self.job else { return };
+        let started = std::time::Instant::now();
+        loop {
+            if !job.step(desk) {
+                let mut job = self.job.take().expect("under way");
+                job.batch.now = desk.now();
+                hub.update(job.batch);
+                if std::mem::take(&mut self.full_pending) {
+                    self.start(desk, true);
+                }
+                return;
+            }
+            if started.elapsed() >= budget {
+                return;
+            }
+        }
+    }
+}
+
+impl Job {
+    /// Computes one view; false when none was left.
+    fn step(&mut self, desk: &Desk) -> bool {
+        if let Some(agent) = self.agents.pop_front() {
+            let agent_shops = desk.shops_of(&agent);
+            let agent_teams = self.settings.teams_of(&agent);
+            self.teams.extend(agent_teams.iter().cloned());
+            let whole = AgentFigures::compute(desk, &agent, None);
+            let json = whole.json(&agent, None, &agent_shops, &agent_teams);
             for shop in &agent_shops {
-                batch.slices.push(SliceEntry {
+                // An agent of one shop: the slice has the same figures.
+                let slice = (agent_shops.len() > 1).then(|| AgentFigures::compute(desk, &agent, Some(shop)));
+                self.batch.slices.push(SliceEntry {
                     agent: agent.clone(),
                     shop: shop.clone(),
-                    json: agent_json(desk, agent, Some(shop), std::slice::from_ref(shop), &agent_teams),
+                    json: slice.as_ref().unwrap_or(&whole).json(
+                        &agent,
+                        Some(shop),
+                        std::slice::from_ref(shop),
+                        &agent_teams,
+                    ),
                 });
             }
-            batch.agents.push(AgentEntry {
-                agent: agent.clone(),
+            self.batch.agents.push(AgentEntry {
+                agent,
                 shops: agent_shops,
                 teams: agent_teams,
                 json,
             });
+            if self.agents.is_empty() {
+                self.team_queue = std::mem::take(&mut self.teams).into_iter().collect();
+            }
+            return true;
         }
-        if full {
-            teams.extend(settings.teams.keys().cloned());
+        if !self.teams.is_empty() {
+            // A job with no agents: its teams were set at the start.
+            self.team_queue = std::mem::take(&mut self.teams).into_iter().collect();
         }
-        for team in teams {
+        if let Some(team) = self.team_queue.pop_front() {
             if let (Some(t), Some(m)) = (
                 desk.team_stats(&team, Window::Today),
                 desk.team_stats(&team, Window::Min15),
             ) {
-                batch.teams.push((team, total_json("team", &t, &m)));
+                self.batch.teams.push((team, total_json("team", &t, &m)));
             }
+            return true;
         }
-        for shop in shops {
+        if let Some(shop) = self.shops.pop_front() {
             if let (Some(t), Some(m)) = (
                 desk.shop_stats(&shop, Window::Today),
                 desk.shop_stats(&shop, Window::Min15),
             ) {
-                batch.shops.push((shop, total_json("shop", &t, &m)));
+                self.batch.shops.push((shop, total_json("shop", &t, &m)));
             }
+            return true;
         }
-        batch.desk = Some(total_json(
-            "desk",
-            &desk.desk_stats(Window::Today),
-            &desk.desk_stats(Window::Min15),
-        ));
-        hub.update(batch);
+        if !self.desk_done {
+            self.desk_done = true;
+            self.batch.desk = Some(total_json(
+                "desk",
+                &desk.desk_stats(Window::Today),
+                &desk.desk_stats(Window::Min15),
+            ));
+            return true;
+        }
+        false
     }
 }
