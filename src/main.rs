@@ -16,6 +16,12 @@ use deskpulse::engine::window::Window;
 use deskpulse::node::NodeOptions;
 use deskpulse::protocol::ShopId;
 
+/// mimalloc instead of glibc malloc: events are allocated on the tokio
+/// workers that parse them and freed after the engine thread applied them,
+/// a cross-thread pattern glibc's arenas handle poorly (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "deskpulse", version, about = "Real-time monitoring of e-commerce chat desks")]
 struct Cli {
