@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Raw ingest capacity of one deskpulse node: a fresh release server on
+# 127.0.0.1:0 (temp data dir, event clock), then the side-by-side tool with
+# deskpulse as the only peer. Its events are generated and serialized
+# before the clock starts, so the load tool costs little CPU: first as many
+# events as the server takes (the max phase), then a paced phase whose ack
+# p99 is measured from each frame's intended send time.
+#
+#   loadtest/bench/ingest.sh                      # 3 M events, 16 WebSockets × 100, then 150 k/s for 10 s
+#   EVENTS=1000000 CONNS=16 BATCH=1 RATE=25000 RATE_DURATION=10s loadtest/bench/ingest.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+EVENTS=${EVENTS:-3000000}
+CONNS=${CONNS:-16}
+BATCH=${BATCH:-100}
+RATE=${RATE:-150000}
+RATE_DURATION=${RATE_DURATION:-10s}
+[ -x target/release/deskpulse ] || cargo build --release -p deskpulse
+[ -x target/release/deskpulse-loadtest ] || cargo build --release -p deskpulse-loadtest
+TMP=$(mktemp -d /tmp/deskpulse-ingest.XXXXXX)
+target/release/deskpulse serve --listen 127.0.0.1:0 --data-dir "$TMP/data" --clock event >"$TMP/out" 2>"$TMP/err" &
+PID=$!
+trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$TMP"' EXIT
+URL=""
+for _ in $(seq 1 300); do
+    URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$TMP/out" 2>/dev/null | head -1 || true)
+    [ -n "$URL" ] && break
+    kill -0 "$PID" 2>/dev/null || { echo "deskpulse exited:"; cat "$TMP/err"; exit 1; }
+    sleep 0.1
+done
+[ -n "$URL" ] || { echo "deskpulse did not print its address"; exit 1; }
+target/release/deskpulse-loadtest side-by-side --deskpulse "$URL" --deskpulse-pid "$PID" \
+    --connections "$CONNS" --batch "$BATCH" --events "$EVENTS" --rate "$RATE" --rate-duration "$RATE_DURATION" "$@"
