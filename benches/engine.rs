@@ -10,6 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use deskpulse::engine::{Clock, Engine, Settings};
+
+/// The allocator the server binary uses, so these figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use deskpulse::protocol::{AgentStatus, Event, EventKind};
 
 /// SplitMix64: small, deterministic.
