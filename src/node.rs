@@ -61,6 +61,45 @@ pub struct Counters {
     pub recovered_records: AtomicU64,
     pub recovery_millis: AtomicU64,
     pub truncated_bytes: AtomicU64,
+    /// Time from a batch's arrival to its outcome (durable and applied).
+    pub ingest_latency: LatencyHistogram,
+}
+
+/// A Prometheus histogram of durations with fixed buckets, lock-free.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Count per bucket of [`LatencyHistogram::BOUNDS_US`], then one above all.
+    buckets: [AtomicU64; 13],
+    sum_micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Upper bounds of the buckets, µs.
+    pub const BOUNDS_US: [u64; 12] = [
+        500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 5_000_000,
+    ];
+
+    /// Counts one duration.
+    pub fn record(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let i = Self::BOUNDS_US.partition_point(|b| *b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (the last is `+Inf`), and the sum in µs.
+    pub fn cumulative(&self) -> (Vec<u64>, u64) {
+        let mut total = 0;
+        let counts = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        (counts, self.sum_micros.load(Ordering::Relaxed))
+    }
 }
 
 /// The outcome of each event, and the events themselves: they are freed by
@@ -751,4 +790,27 @@ fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wa
     publisher.publish(&mut desk, &hub, false);
     snapshots.finish();
     snapshots.maybe_write(&desk, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_inclusive_upper_bounds_with_an_overflow() {
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_micros(500));
+        h.record(Duration::from_micros(501));
+        h.record(Duration::from_secs(6));
+        let (counts, sum) = h.cumulative();
+        assert_eq!(counts.len(), LatencyHistogram::BOUNDS_US.len() + 1);
+        assert_eq!(
+            (counts[0], counts[1]),
+            (1, 2),
+            "500 µs is in le=0.0005, 501 µs in le=0.001"
+        );
+        assert_eq!(counts[11], 2, "nothing between 1 ms and 5 s");
+        assert_eq!(counts[12], 3, "6 s only in +Inf");
+        assert_eq!(sum, 500 + 501 + 6_000_000);
+    }
 }

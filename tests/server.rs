@@ -60,6 +60,21 @@ async fn http_ingest_acks_after_durable_and_counts_duplicates() {
     assert_eq!(stats["customers"], 1);
     let (_, shop) = s.get("/v1/shops/s1/stats", None).await;
     assert_eq!(shop["queued"], 1, "c3 waits unassigned: {shop}");
+    // Both bodies are in the ingest latency histogram.
+    let (status, metrics) = s.http("GET", "/metrics", None, b"").await;
+    assert_eq!(status, 200);
+    let line = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
+    };
+    assert_eq!(line("deskpulse_ingest_ack_seconds_count"), 2.0);
+    assert_eq!(line("deskpulse_ingest_ack_seconds_bucket{le=\"+Inf\"}"), 2.0);
+    assert!(line("deskpulse_ingest_ack_seconds_sum") > 0.0);
+    assert!(metrics.contains("# TYPE deskpulse_ingest_ack_seconds histogram"));
 }
 
 #[tokio::test]

@@ -63,6 +63,7 @@ pub fn writable_shops(p: &Principal) -> Option<Option<&BTreeSet<ShopId>>> {
 /// A batch checked and queued for the log, waiting for its outcome.
 #[derive(Debug)]
 pub struct Queued {
+    arrived: std::time::Instant,
     pending: Result<crate::node::Pending, NodeError>,
     count: usize,
     rejected: Vec<Rejection>,
@@ -72,6 +73,7 @@ pub struct Queued {
 /// Parses, checks and queues one batch (in call order); the answer comes
 /// from [`finish`].
 pub async fn enqueue(node: &Node, principal: &Principal, bytes: &[u8], max_bytes: usize) -> Result<Queued, Ack> {
+    let arrived = std::time::Instant::now();
     let counters = node.counters();
     counters.frames.fetch_add(1, Ordering::Relaxed);
     if bytes.len() > max_bytes {
@@ -115,6 +117,7 @@ pub async fn enqueue(node: &Node, principal: &Principal, bytes: &[u8], max_bytes
         .fetch_add(batch.rejected.len() as u64, Ordering::Relaxed);
     let count = events.len();
     Ok(Queued {
+        arrived,
         pending: node.enqueue(events).await,
         count,
         rejected: batch.rejected,
@@ -129,6 +132,7 @@ pub async fn finish(node: &Node, queued: Queued) -> Ack {
         Ok(p) => p.wait().await,
         Err(e) => Err(e),
     };
+    counters.ingest_latency.record(queued.arrived.elapsed());
     match outcome {
         Ok(outcomes) => {
             let duplicates = outcomes.iter().filter(|o| **o == Applied::Duplicate).count() as u64;
