@@ -722,17 +722,22 @@ impl Snapshots {
 }
 
 fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wall: bool, mut snapshots: Snapshots) {
-    // A publish runs in slices: PUBLISH_SLICE after each command while
-    // commands keep coming, IDLE_SLICE at a time when none is waiting.
-    const PUBLISH_SLICE: Duration = Duration::from_micros(500);
-    const IDLE_SLICE: Duration = Duration::from_millis(5);
+    // A publish runs in slices, and waiting commands come first: a slice
+    // of IDLE_SLICE runs whenever no command waits. Under a load that never
+    // lets the queue run dry, a STARVED_SLICE runs after every
+    // STARVE_AFTER of commands, so pushes slow down instead of ingest.
+    const IDLE_SLICE: Duration = Duration::from_millis(1);
+    const STARVED_SLICE: Duration = Duration::from_micros(500);
+    const STARVE_AFTER: Duration = Duration::from_millis(5);
     let mut publisher = crate::publish::Publisher::default();
+    let mut last_slice = Instant::now();
     loop {
         let cmd = if publisher.busy() {
             match rx.try_recv() {
                 Ok(cmd) => cmd,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     publisher.step(&mut desk, &hub, IDLE_SLICE);
+                    last_slice = Instant::now();
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -781,8 +786,9 @@ fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wa
         if !changes.is_empty() {
             hub.alerts(changes);
         }
-        if publisher.busy() {
-            publisher.step(&mut desk, &hub, PUBLISH_SLICE);
+        if publisher.busy() && last_slice.elapsed() >= STARVE_AFTER {
+            publisher.step(&mut desk, &hub, STARVED_SLICE);
+            last_slice = Instant::now();
         }
         snapshots.maybe_write(&desk, false);
     }
