@@ -513,8 +513,14 @@ pub struct Engine {
     dirty_partials: Vec<(ShopIx, AgentIx)>,
     dirty_shop_list: Vec<ShopIx>,
     last_maintenance_h: i64,
+    /// The next shop of the hourly clean-up under way.
+    maintain_next: Option<ShopIx>,
     applied: u64,
 }
+
+/// Shops cleaned up per `tick`: the hourly pass is spread over ticks so a
+/// desk with thousands of shops never stops for it.
+pub const MAINTAIN_SHOPS_PER_TICK: u32 = 8;
 
 /// (deadline, shop, agent) entries, earliest first. A superseded entry
 /// stays until it comes due and is then skipped (the partial's own
@@ -579,6 +585,7 @@ impl Engine {
             dirty_partials: Vec::new(),
             dirty_shop_list: Vec::new(),
             last_maintenance_h: i64::MIN,
+            maintain_next: None,
             applied: 0,
         }
     }
@@ -726,8 +733,10 @@ impl Engine {
         let hour = now.div_euclid(window::HOUR_MS);
         if hour != self.last_maintenance_h {
             self.last_maintenance_h = hour;
-            self.maintain();
+            // A pass still under way restarts from the first shop.
+            self.maintain_next = Some(0);
         }
+        self.maintain_some();
     }
 
     fn shop_index(&mut self, id: &ShopId) -> ShopIx {
@@ -1092,10 +1101,29 @@ impl Engine {
         }
     }
 
-    /// Hourly clean-up: idle conversations, old marks, old customers, old alerts.
-    fn maintain(&mut self) {
+    /// The hourly clean-up, [`MAINTAIN_SHOPS_PER_TICK`] shops at a time:
+    /// idle conversations, old marks, old customers, and at the end of a
+    /// pass old alerts.
+    fn maintain_some(&mut self) {
+        let Some(first) = self.maintain_next else { return };
+        let end = first
+            .saturating_add(MAINTAIN_SHOPS_PER_TICK)
+            .min(self.shops.len() as ShopIx);
+        for s in first..end {
+            self.maintain_shop(s);
+        }
+        self.settle();
+        if end as usize >= self.shops.len() {
+            self.maintain_next = None;
+            self.alerts.prune(self.now);
+        } else {
+            self.maintain_next = Some(end);
+        }
+    }
+
+    fn maintain_shop(&mut self, s: ShopIx) {
         let now = self.now;
-        for s in 0..self.shops.len() as ShopIx {
+        {
             let shop = &mut self.shops[s as usize];
             let mut idle: Vec<ConversationId> = shop
                 .conversations
@@ -1127,8 +1155,6 @@ impl Engine {
             }
             shop.samples.prune(now);
         }
-        self.settle();
-        self.alerts.prune(now);
     }
 
     // ---- queries ----

@@ -775,3 +775,34 @@ fn a_flag_drops_the_waits_of_every_conversation_of_the_customer() {
     assert_eq!(d.engine.shop_acc(&"s1".into(), Window::Today).unwrap().1.queued, 0);
     d.engine.assert_consistent();
 }
+
+#[test]
+fn the_hourly_clean_up_is_spread_over_ticks_a_few_shops_each() {
+    let mut d = Desk::with(settings(Clock::Wall));
+    let shops = 3 * MAINTAIN_SHOPS_PER_TICK as usize - 4;
+    for i in 0..shops {
+        d.customer_in(&format!("s{i:02}"), T0, &format!("k{i}"), "u", None);
+    }
+    d.engine.tick(T0);
+    let queued = |d: &Desk| {
+        (0..shops)
+            .filter(|i| {
+                d.engine
+                    .shop_acc(&format!("s{i:02}").as_str().into(), Window::Today)
+                    .unwrap()
+                    .1
+                    .queued
+                    > 0
+            })
+            .count()
+    };
+    assert_eq!(queued(&d), shops);
+    // A day later every conversation is idle; each tick cleans 8 shops.
+    let later = T0 + 25 * 3_600_000;
+    d.engine.tick(later);
+    assert_eq!(queued(&d), shops - MAINTAIN_SHOPS_PER_TICK as usize);
+    d.engine.tick(later + 1);
+    d.engine.tick(later + 2);
+    assert_eq!(queued(&d), 0, "the pass is done after three ticks");
+    d.engine.assert_consistent();
+}
