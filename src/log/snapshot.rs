@@ -2,7 +2,11 @@
 //! after applying every record below `seq`. Written to a temporary file,
 //! fsynced and renamed, so a crash leaves the old snapshot or the new one.
 //!
-//! File: `DPSNAP01` magic, `seq u64 LE`, `crc32 u32 LE` of the body, body.
+//! File: `DPSNAP02` magic, `seq u64 LE`, `crc32 u32 LE` of the body, body.
+//! The magic's last two digits are the body's format version: a build
+//! refuses a snapshot of another version by name rather than skip it (the
+//! log before a snapshot is gone, so skipping would lose state silently).
+//! `01`: the engine before id interning (2026-11-23).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -10,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use super::sync_dir;
 
-const MAGIC: &[u8; 8] = b"DPSNAP01";
+const MAGIC: &[u8; 8] = b"DPSNAP02";
+/// The magic without its version digits.
+const FAMILY: &[u8; 6] = b"DPSNAP";
 
 fn path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("snapshot-{seq:020}.bin"))
@@ -60,7 +66,20 @@ fn list(dir: &Path) -> io::Result<Vec<u64>> {
 /// The newest intact snapshot: `(seq, body)`. Damaged files are skipped.
 pub fn read_latest(dir: &Path) -> io::Result<Option<(u64, Vec<u8>)>> {
     for seq in list(dir)?.into_iter().rev() {
-        let bytes = fs::read(path(dir, seq))?;
+        let file = path(dir, seq);
+        let bytes = fs::read(&file)?;
+        if bytes.len() >= 8 && bytes.starts_with(FAMILY) && &bytes[..8] != MAGIC {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} has snapshot format {}, this build reads {}: run the deskpulse that wrote it, \
+                     or move the data directory away to start empty",
+                    file.display(),
+                    String::from_utf8_lossy(&bytes[..8]),
+                    String::from_utf8_lossy(MAGIC)
+                ),
+            ));
+        }
         if bytes.len() < 20 || &bytes[..8] != MAGIC {
             continue;
         }
@@ -93,6 +112,21 @@ mod tests {
         *bytes.last_mut().unwrap() ^= 0xff;
         fs::write(&p, bytes).unwrap();
         assert_eq!(read_latest(&dir).unwrap(), Some((20, b"twenty".to_vec())));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_of_another_format_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("deskpulse-snap-old-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        write(&dir, 10, b"ten").unwrap();
+        let mut old = b"DPSNAP01".to_vec();
+        old.extend_from_slice(&20u64.to_le_bytes());
+        old.extend_from_slice(&crc32fast::hash(b"old").to_le_bytes());
+        old.extend_from_slice(b"old");
+        fs::write(path(&dir, 20), old).unwrap();
+        let err = read_latest(&dir).unwrap_err().to_string();
+        assert!(err.contains("DPSNAP01") && err.contains("DPSNAP02"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
