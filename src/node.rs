@@ -701,9 +701,25 @@ impl Snapshots {
         if force {
             write();
         } else {
+            let background = move || {
+                // Serializing a big desk takes seconds of CPU: run it only
+                // when ingest leaves a core idle. Without the policy (not
+                // Linux, or refused) it runs as a normal thread.
+                use thread_priority::unix::{
+                    NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+                    thread_native_id,
+                };
+                let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+                if let Err(e) =
+                    set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, idle)
+                {
+                    tracing::debug!(error = ?e, "the snapshot writer keeps the normal schedule policy");
+                }
+                write();
+            };
             match std::thread::Builder::new()
                 .name("deskpulse-snapshot".into())
-                .spawn(write)
+                .spawn(background)
             {
                 Ok(handle) => self.writer = Some(handle),
                 Err(e) => tracing::warn!(error = %e, "could not start the snapshot writer"),
