@@ -706,8 +706,7 @@ impl Snapshots {
                 // when ingest leaves a core idle. Without the policy (not
                 // Linux, or refused) it runs as a normal thread.
                 use thread_priority::unix::{
-                    NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
-                    thread_native_id,
+                    NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
                 };
                 let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
                 if let Err(e) =
