@@ -11,6 +11,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
+# shellcheck source=lib.sh
+source loadtest/bench/lib.sh
 CONNECTIONS=${CONNECTIONS:-20000}
 BIN_DIR=${BIN_DIR:-target/release}
 [ -x "$BIN_DIR/deskpulse" ] || { echo "missing $BIN_DIR/deskpulse: cargo build --release -p deskpulse"; exit 2; }
@@ -32,14 +34,7 @@ TMP=$(mktemp -d /tmp/deskpulse-idle.XXXXXX)
     ${DESKPULSE_CONFIG:+--config "$DESKPULSE_CONFIG"} >"$TMP/out" 2>"$TMP/err" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$TMP"' EXIT
-URL=""
-for _ in $(seq 1 300); do
-    URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$TMP/out" 2>/dev/null | head -1 || true)
-    [ -n "$URL" ] && break
-    kill -0 "$PID" 2>/dev/null || { echo "deskpulse exited:"; cat "$TMP/err"; exit 1; }
-    sleep 0.1
-done
-[ -n "$URL" ] || { echo "deskpulse did not print its address"; cat "$TMP/err"; exit 1; }
+wait_for_address "$PID" "$TMP/out" "$TMP/err"
 echo "deskpulse $URL (pid $PID, data $TMP/data)"
 set +e
 "$BIN_DIR/deskpulse-loadtest" idle --target "$URL" --server-pid "$PID" --connections "$CONNECTIONS" "$@"

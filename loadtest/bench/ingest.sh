@@ -11,6 +11,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
+# shellcheck source=lib.sh
+source loadtest/bench/lib.sh
 EVENTS=${EVENTS:-3000000}
 CONNS=${CONNS:-16}
 BATCH=${BATCH:-100}
@@ -22,13 +24,6 @@ TMP=$(mktemp -d /tmp/deskpulse-ingest.XXXXXX)
 target/release/deskpulse serve --listen 127.0.0.1:0 --data-dir "$TMP/data" --clock event >"$TMP/out" 2>"$TMP/err" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$TMP"' EXIT
-URL=""
-for _ in $(seq 1 300); do
-    URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$TMP/out" 2>/dev/null | head -1 || true)
-    [ -n "$URL" ] && break
-    kill -0 "$PID" 2>/dev/null || { echo "deskpulse exited:"; cat "$TMP/err"; exit 1; }
-    sleep 0.1
-done
-[ -n "$URL" ] || { echo "deskpulse did not print its address"; exit 1; }
+wait_for_address "$PID" "$TMP/out" "$TMP/err"
 target/release/deskpulse-loadtest side-by-side --deskpulse "$URL" --deskpulse-pid "$PID" \
     --connections "$CONNS" --batch "$BATCH" --events "$EVENTS" --rate "$RATE" --rate-duration "$RATE_DURATION" "$@"

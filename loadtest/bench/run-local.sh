@@ -8,6 +8,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
+# shellcheck source=lib.sh
+source loadtest/bench/lib.sh
 CLOCK=${CLOCK:-event}
 # BIN_DIR=target/debug uses (and builds) the debug binaries, as CI does.
 BIN_DIR=${BIN_DIR:-target/release}
@@ -19,14 +21,7 @@ TMP=$(mktemp -d /tmp/deskpulse-run.XXXXXX)
     ${DESKPULSE_CONFIG:+--config "$DESKPULSE_CONFIG"} >"$TMP/out" 2>"$TMP/err" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$TMP"' EXIT
-URL=""
-for _ in $(seq 1 300); do
-    URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$TMP/out" 2>/dev/null | head -1 || true)
-    [ -n "$URL" ] && break
-    kill -0 "$PID" 2>/dev/null || { echo "deskpulse exited:"; cat "$TMP/err"; exit 1; }
-    sleep 0.1
-done
-[ -n "$URL" ] || { echo "deskpulse did not print its address"; cat "$TMP/err"; exit 1; }
+wait_for_address "$PID" "$TMP/out" "$TMP/err"
 echo "deskpulse $URL (pid $PID, clock $CLOCK, data $TMP/data)"
 set +e
 "$BIN_DIR/deskpulse-loadtest" run --target "$URL" --server-pid "$PID" --clock "$CLOCK" "$@"

@@ -12,6 +12,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
+# shellcheck source=lib.sh
+source loadtest/bench/lib.sh
 EVENTS=${EVENTS:-500000}
 RATE=${RATE:-20000}
 RATE_DURATION=${RATE_DURATION:-15s}
@@ -64,14 +66,7 @@ NATS_PID=$!; PIDS+=("$NATS_PID")
     >"$TMP/dp.out" 2>"$TMP/dp.err" &
 DP_PID=$!; PIDS+=("$DP_PID")
 
-URL=""
-for _ in $(seq 1 300); do
-    URL=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$TMP/dp.out" 2>/dev/null | head -1 || true)
-    [ -n "$URL" ] && break
-    if ! kill -0 "$DP_PID" 2>/dev/null; then echo "deskpulse exited:"; cat "$TMP/dp.err"; exit 1; fi
-    sleep 0.1
-done
-[ -n "$URL" ] || { echo "deskpulse did not print its address"; cat "$TMP/dp.err"; exit 1; }
+wait_for_address "$DP_PID" "$TMP/dp.out" "$TMP/dp.err"
 wait_port 127.0.0.1 "$REDIS_PORT" 15
 wait_port 127.0.0.1 "$NATS_PORT" 15
 echo "deskpulse $URL (pid $DP_PID), redis 127.0.0.1:$REDIS_PORT (pid $REDIS_PID), nats 127.0.0.1:$NATS_PORT (pid $NATS_PID)"
