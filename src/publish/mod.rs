@@ -189,12 +189,12 @@ struct AgentView<'a> {
     shop: Option<&'a ShopId>,
     shops: &'a [ShopId],
     teams: &'a [TeamId],
-    live: LiveState,
-    today: WindowMetrics,
+    live: &'a LiveState,
+    today: &'a WindowMetrics,
     #[serde(rename = "15m")]
-    m15: WindowMetrics,
+    m15: &'a WindowMetrics,
     /// Average response per minute over the last hour, oldest first.
-    sparkline: Vec<Option<f64>>,
+    sparkline: &'a [Option<f64>],
 }
 
 /// The figures of an agent view (all shops, or one shop's slice).
@@ -228,10 +228,10 @@ impl AgentFigures {
             shop,
             shops,
             teams,
-            live: self.live.clone(),
-            today: self.today.clone(),
-            m15: self.m15.clone(),
-            sparkline: self.sparkline.clone(),
+            live: &self.live,
+            today: &self.today,
+            m15: &self.m15,
+            sparkline: &self.sparkline,
         };
         serde_json::to_string(&view).expect("views serialize").into()
     }
