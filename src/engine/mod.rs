@@ -536,6 +536,17 @@ fn pop_due(deadlines: &mut Deadlines, now: i64) -> Option<(i64, ShopIx, AgentIx)
     }
 }
 
+/// Makes `next` the partial's deadline in force (`slot`), queueing it if
+/// it changed; the entry it replaces is skipped when it comes due.
+fn reschedule(slot: &mut Option<i64>, queue: &mut Deadlines, next: Option<i64>, s: ShopIx, a: AgentIx) {
+    if *slot != next {
+        *slot = next;
+        if let Some(d) = next {
+            queue.push(Reverse((d, s, a)));
+        }
+    }
+}
+
 fn default_settings() -> Arc<Settings> {
     Arc::new(Settings::default())
 }
@@ -1065,12 +1076,7 @@ impl Engine {
         // One live entry per partial; superseded entries are skipped when
         // they come due.
         let next = next.filter(|d| *d > now);
-        if p.wait_deadline != next {
-            p.wait_deadline = next;
-            if let Some(d) = next {
-                self.wait_deadlines.push(Reverse((d, s, a)));
-            }
-        }
+        reschedule(&mut p.wait_deadline, &mut self.wait_deadlines, next, s, a);
     }
 
     /// Re-evaluates `slow_average` for (shop, agent) over the 15m window.
@@ -1093,12 +1099,7 @@ impl Engine {
         }
         // The average next changes when the oldest sample leaves the window.
         let next = oldest.map(|o| o + w);
-        if p.slow_deadline != next {
-            p.slow_deadline = next;
-            if let Some(d) = next {
-                self.slow_deadlines.push(Reverse((d, s, a)));
-            }
-        }
+        reschedule(&mut p.slow_deadline, &mut self.slow_deadlines, next, s, a);
     }
 
     /// The hourly clean-up, [`MAINTAIN_SHOPS_PER_TICK`] shops at a time:
