@@ -174,7 +174,6 @@ impl Desk {
         let mut acc = WindowAcc::default();
         let mut live = LiveAcc::default();
         for p in &self.parts {
-            let shops = p.shops_of(agent);
             match filter {
                 None => {
                     if let Some((a, l)) = p.agent_acc(agent, window, None) {
@@ -183,7 +182,7 @@ impl Desk {
                     }
                 }
                 Some(allowed) => {
-                    for shop in shops.iter().filter(|s| allowed.contains(*s)) {
+                    for shop in p.shops_of(agent).iter().filter(|s| allowed.contains(*s)) {
                         if let Some((a, l)) = p.agent_acc(agent, window, Some(shop)) {
                             acc.merge(&a);
                             live.merge(&l);
