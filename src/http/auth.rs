@@ -9,7 +9,7 @@
 //! bounded caches: a valid token is verified once, and so is a wrong one that
 //! keeps coming back.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,7 +162,7 @@ struct Inner {
     /// Presented tokens argon2 accepted: digest → entry.
     verified: Mutex<HashMap<TokenDigest, usize>>,
     /// Presented tokens every argon2 entry refused.
-    refused: Mutex<HashSet<TokenDigest>>,
+    refused: Mutex<HashMap<TokenDigest, ()>>,
     /// Argon2 verifications run so far.
     verifications: AtomicU64,
     /// Bounds the argon2 verifications running at once (CPU and memory).
@@ -198,17 +198,6 @@ fn insert_bounded<K: Hash + Eq + Copy, V>(map: &mut HashMap<K, V>, key: K, value
         map.remove(&evict);
     }
     map.insert(key, value);
-}
-
-/// [`insert_bounded`] for a set.
-fn insert_bounded_set<K: Hash + Eq + Copy>(set: &mut HashSet<K>, key: K) {
-    if set.len() >= CACHE_CAP
-        && !set.contains(&key)
-        && let Some(evict) = set.iter().next().copied()
-    {
-        set.remove(&evict);
-    }
-    set.insert(key);
 }
 
 impl Tokens {
@@ -315,7 +304,12 @@ impl Tokens {
         if let Some(&i) = inner.verified.lock().unwrap_or_else(PoisonError::into_inner).get(d) {
             return Fast::Found(i);
         }
-        if inner.refused.lock().unwrap_or_else(PoisonError::into_inner).contains(d) {
+        if inner
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(d)
+        {
             return Fast::Refused;
         }
         Fast::Verify
@@ -350,7 +344,7 @@ impl Tokens {
         }
         if all_mismatched {
             let mut refused = inner.refused.lock().unwrap_or_else(PoisonError::into_inner);
-            insert_bounded_set(&mut refused, *d);
+            insert_bounded(&mut refused, *d, ());
         }
         None
     }
