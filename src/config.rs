@@ -250,25 +250,13 @@ impl Config {
         }
         for (i, t) in self.tokens.iter().enumerate() {
             let key = format!("tokens[{i}]");
-            match (&t.token, &t.token_hash) {
-                (Some(_), Some(_)) => return Err(invalid(&key, "give `token` or `token_hash`, not both")),
-                (None, None) => return Err(invalid(&key, "needs `token` or `token_hash`")),
-                (Some(tok), None) if auth::is_argon2(tok) => {
-                    auth::parse_argon2(tok).map_err(|reason| invalid(format!("{key}.token"), reason))?;
-                }
-                (Some(tok), None) if tok.len() < 8 => {
-                    return Err(invalid(format!("{key}.token"), "shorter than 8 characters"));
-                }
-                (None, Some(h)) if auth::is_argon2(h) => {
-                    auth::parse_argon2(h).map_err(|reason| invalid(format!("{key}.token_hash"), reason))?;
-                }
-                (None, Some(h)) if auth::parse_hash(h).is_none() => {
-                    return Err(invalid(
-                        format!("{key}.token_hash"),
-                        "expected `sha256:` and 64 hex digits, or an argon2 PHC string (`$argon2id$…`)",
-                    ));
-                }
-                _ => {}
+            if let Err((field, reason)) = auth::secret_of(t) {
+                let at = if field.is_empty() {
+                    key
+                } else {
+                    format!("{key}.{field}")
+                };
+                return Err(invalid(at, reason));
             }
             match t.role {
                 Role::Agent if t.agent.is_none() => {

@@ -21,7 +21,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, Role};
+use crate::config::{Config, Role, TokenConfig};
 use crate::protocol::{AgentId, ShopId, TeamId};
 
 /// A SHA-256 digest of a token.
@@ -134,7 +134,7 @@ impl Principal {
 
 /// How a config token is checked.
 #[derive(Debug)]
-enum Secret {
+pub(crate) enum Secret {
     /// Clear or `sha256:` tokens.
     Digest(TokenDigest),
     /// An argon2 PHC string.
@@ -189,6 +189,28 @@ impl Inner {
     }
 }
 
+/// How the `[[tokens]]` entry `t` is checked, or which of its fields is
+/// wrong (`""` for the entry) and why. Config validation and the token
+/// table both use this, so they can never disagree.
+pub(crate) fn secret_of(t: &TokenConfig) -> Result<Secret, (&'static str, String)> {
+    match (&t.token, &t.token_hash) {
+        (Some(_), Some(_)) => Err(("", "give `token` or `token_hash`, not both".into())),
+        (None, None) => Err(("", "needs `token` or `token_hash`".into())),
+        (Some(tok), None) if is_argon2(tok) => Ok(Secret::Argon2(Box::new(
+            parse_argon2(tok).map_err(|reason| ("token", reason))?,
+        ))),
+        (Some(tok), None) if tok.len() < 8 => Err(("token", "shorter than 8 characters".into())),
+        (Some(tok), None) => Ok(Secret::Digest(digest(tok))),
+        (None, Some(h)) if is_argon2(h) => Ok(Secret::Argon2(Box::new(
+            parse_argon2(h).map_err(|reason| ("token_hash", reason))?,
+        ))),
+        (None, Some(h)) => parse_hash(h).map(Secret::Digest).ok_or((
+            "token_hash",
+            "expected `sha256:` and 64 hex digits, or an argon2 PHC string (`$argon2id$…`)".into(),
+        )),
+    }
+}
+
 /// Inserts, evicting an arbitrary entry to stay within [`CACHE_CAP`].
 fn insert_bounded<K: Hash + Eq + Copy, V>(map: &mut HashMap<K, V>, key: K, value: V) {
     if map.len() >= CACHE_CAP
@@ -207,14 +229,7 @@ impl Tokens {
             .tokens
             .iter()
             .map(|t| {
-                let secret = match (&t.token, &t.token_hash) {
-                    (Some(v), _) | (None, Some(v)) if is_argon2(v) => {
-                        Secret::Argon2(Box::new(parse_argon2(v).expect("checked at config load")))
-                    }
-                    (Some(clear), _) => Secret::Digest(digest(clear)),
-                    (None, Some(h)) => Secret::Digest(parse_hash(h).expect("checked at config load")),
-                    (None, None) => unreachable!("checked at config load"),
-                };
+                let secret = secret_of(t).expect("checked at config load");
                 let name = t.name.clone().unwrap_or_else(|| match t.role {
                     Role::Agent => format!("agent:{}", t.agent.as_deref().unwrap_or("?")),
                     Role::Admin => "admin".into(),
