@@ -1002,42 +1002,22 @@ mod tests {
 
     #[test]
     fn slow_average_needs_min_samples_and_leaves_the_window() {
-        let mut l = String::new();
-        for (i, t) in [0i64, 200, 400].iter().enumerate() {
-            l += &ev(
-                &format!("c{i}"),
-                "chat.customer",
-                *t,
-                &format!(",\"conversation\":\"v{i}\",\"customer\":\"c{i}\",\"agent\":\"a1\""),
-            );
-            l += &ev(
-                &format!("r{i}"),
-                "chat.agent",
-                t + 80,
-                &format!(",\"conversation\":\"v{i}\",\"customer\":\"c{i}\",\"agent\":\"a1\""),
-            );
-        }
-        let r = run(&l);
+        // Three conversations starting at `starts` (s), each answered 80 s later.
+        let replies = |starts: [i64; 3]| {
+            let mut l = String::new();
+            for (i, t) in starts.iter().enumerate() {
+                let conv = format!(",\"conversation\":\"v{i}\",\"customer\":\"c{i}\",\"agent\":\"a1\"");
+                l += &ev(&format!("c{i}"), "chat.customer", *t, &conv);
+                l += &ev(&format!("r{i}"), "chat.agent", t + 80, &conv);
+            }
+            l
+        };
+        let r = run(&replies([0, 200, 400]));
         let s = r.alerts.iter().find(|a| a.rule == "slow_average").unwrap();
         assert_eq!(s.expect, Expect::Yes);
         assert_eq!(s.first_cross, Some(T0 + 480_000));
         // Spread the same three samples over 40 minutes: never 3 in 15m.
-        let mut l = String::new();
-        for (i, t) in [0i64, 1200, 2400].iter().enumerate() {
-            l += &ev(
-                &format!("c{i}"),
-                "chat.customer",
-                *t,
-                &format!(",\"conversation\":\"v{i}\",\"customer\":\"c{i}\",\"agent\":\"a1\""),
-            );
-            l += &ev(
-                &format!("r{i}"),
-                "chat.agent",
-                t + 80,
-                &format!(",\"conversation\":\"v{i}\",\"customer\":\"c{i}\",\"agent\":\"a1\""),
-            );
-        }
-        let r = run(&l);
+        let r = run(&replies([0, 1200, 2400]));
         let s = r.alerts.iter().find(|a| a.rule == "slow_average").unwrap();
         assert_eq!(s.expect, Expect::No);
     }
