@@ -3,7 +3,8 @@
 //! 1-million-event log through the release binary.
 //!
 //! Run: `cargo bench --bench engine` (add `-- apply`, `-- memory` or
-//! `-- replay` to run one part). Results go into BENCHMARKS.md by hand.
+//! `-- replay` to run one part; `-- apply-1000` or `-- apply-20000` for one
+//! desk size). Results go into BENCHMARKS.md by hand.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -187,8 +188,11 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-fn bench_apply() {
+fn bench_apply(want: impl Fn(&str) -> bool) {
     for (agents, shops) in [(1_000u64, 50u64), (20_000, 500)] {
+        if !want(&format!("apply-{agents}")) {
+            continue;
+        }
         let events = workload(2_000_000, agents, shops, 7);
         let mut best = f64::MAX;
         for _ in 0..3 {
@@ -450,9 +454,7 @@ fn main() {
     }
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
-    if want("apply") {
-        bench_apply();
-    }
+    bench_apply(want);
     if want("memory") {
         bench_memory();
     }

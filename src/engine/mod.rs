@@ -198,6 +198,10 @@ struct Conversation {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Customer {
     id: CustomerId,
+    /// `id_key(id)`, kept so a conversation's customer is checked without
+    /// hashing its id again; rebuilt on restore.
+    #[serde(skip)]
+    key: IdKey,
     flagged: bool,
     /// Latest `ts` of an event or mark naming this customer. Marks are
     /// forgotten before their customer is, so a mark's index never points
@@ -328,12 +332,31 @@ impl Shop {
 
     /// The customer's index, creating it; `ts` counts as activity.
     fn customer(&mut self, id: &CustomerId, ts: i64) -> CustIx {
+        self.customer_by_key(id, id_key(id.as_str()), ts)
+    }
+
+    /// The customer's index, as [`Shop::customer`], found through the
+    /// conversation when it already belongs to this customer: one slab read
+    /// instead of a probe of the shop's whole customer index.
+    fn customer_in(&mut self, conversation: &ConversationId, id: &CustomerId, ts: i64) -> CustIx {
         let key = id_key(id.as_str());
+        if let Some(&c) = self.conversation_ix.get(&id_key(conversation.as_str())) {
+            let cu = self.conversations[c].customer;
+            if self.customers[cu].key == key {
+                self.touch_customer(cu, ts);
+                return cu;
+            }
+        }
+        self.customer_by_key(id, key, ts)
+    }
+
+    fn customer_by_key(&mut self, id: &CustomerId, key: IdKey, ts: i64) -> CustIx {
         let ix = match self.customer_ix.get(&key) {
             Some(&ix) => ix,
             None => {
                 let ix = self.customers.insert(Customer {
                     id: id.clone(),
+                    key,
                     flagged: false,
                     last_ts: ts,
                     open: 0,
@@ -571,6 +594,9 @@ impl Engine {
             for (&a, p) in &mut s.partials {
                 p.thresholds = settings.thresholds_for(Some(&agents[a as usize].id), &s.id);
             }
+            for c in s.customers.values_mut() {
+                c.key = id_key(c.id.as_str());
+            }
         }
         e.settings = settings;
         Ok(e)
@@ -662,9 +688,13 @@ impl Engine {
                 customer,
                 agent,
             } => {
-                let cu = self.shops[s as usize].customer(customer, ts);
-                let a = agent.as_ref().map(|a| self.agent_index(a));
-                self.customer_message(s, conversation, cu, a, ts);
+                let cu = self.shops[s as usize].customer_in(conversation, customer, ts);
+                // A flagged customer's messages are ignored, down to the
+                // agent they name: it does not become known through them.
+                if !self.shops[s as usize].flagged(cu) {
+                    let a = agent.as_ref().map(|a| self.agent_index(a));
+                    self.customer_message(s, conversation, cu, a, ts);
+                }
             }
             EventKind::AgentMessage {
                 conversation,
@@ -672,7 +702,7 @@ impl Engine {
                 agent,
                 auto,
             } => {
-                let cu = self.shops[s as usize].customer(customer, ts);
+                let cu = self.shops[s as usize].customer_in(conversation, customer, ts);
                 let a = self.agent_index(agent);
                 self.agent_message(s, conversation, cu, a, *auto, ts);
             }
@@ -682,7 +712,7 @@ impl Engine {
                 agent,
                 from_agent,
             } => {
-                let cu = self.shops[s as usize].customer(customer, ts);
+                let cu = self.shops[s as usize].customer_in(conversation, customer, ts);
                 let a = self.agent_index(agent);
                 let c = self.open_conversation(s, conversation, cu, ts);
                 self.assign(s, c, a, ts);
@@ -843,10 +873,9 @@ impl Engine {
         ix
     }
 
+    /// A counted customer message (the caller has checked the customer is
+    /// not flagged).
     fn customer_message(&mut self, s: ShopIx, conv: &ConversationId, cu: CustIx, agent: Option<AgentIx>, ts: i64) {
-        if self.shops[s as usize].flagged(cu) {
-            return; // a flagged customer's messages are ignored
-        }
         let c = self.open_conversation(s, conv, cu, ts);
         if let Some(a) = agent {
             self.assign(s, c, a, ts);
@@ -1470,6 +1499,7 @@ impl Engine {
             for (cu, c) in shop.customers.iter() {
                 assert_eq!(c.open, open.get(&cu).copied().unwrap_or(0), "open count of {}", c.id);
                 assert_eq!(shop.customer_ix.get(&id_key(c.id.as_str())), Some(&cu));
+                assert_eq!(c.key, id_key(c.id.as_str()), "a customer's kept key is its id's");
             }
             for p in shop.partials.values() {
                 for cu in p.marks.keys() {

@@ -378,6 +378,18 @@ fn flagged_customer_leaves_customers_for_the_day_and_is_ignored_after() {
 }
 
 #[test]
+fn an_ignored_message_does_not_make_its_agent_known() {
+    let mut d = Desk::new();
+    d.flag(T0, "u1");
+    d.customer(T0 + S, "c1", "u1", Some("a9"));
+    assert!(
+        !d.engine.knows(&AgentId::new("a9")),
+        "the flagged customer's message is ignored whole"
+    );
+    assert!(d.engine.agent_ids().is_empty());
+}
+
+#[test]
 fn order_is_credited_to_the_last_non_auto_sender_within_24h() {
     let mut d = Desk::new();
     d.customer(T0, "c1", "u1", Some("a1"));
