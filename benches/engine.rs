@@ -198,9 +198,10 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
         for _ in 0..3 {
             let mut engine = Engine::new(settings());
             let t = Instant::now();
-            for (i, e) in events.iter().enumerate() {
-                engine.apply(e);
-                if i % 4096 == 4095 {
+            // Frames of 100 events, as the server applies them.
+            for (i, frame) in events.chunks(100).enumerate() {
+                drop(engine.apply_batch(frame));
+                if i % 40 == 39 {
                     drop(engine.take_alert_changes());
                     drop(engine.take_dirty());
                 }

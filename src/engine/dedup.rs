@@ -1,9 +1,10 @@
 //! Duplicate detection of `(shop, id)`: 128-bit fingerprints kept in two
 //! generations that rotate every 24 h of event time, so an id is recognized
 //! for at least 24 h and at most 48 h after it was last accepted.
-
-use std::collections::HashSet;
-use std::hash::{BuildHasher, Hasher};
+//!
+//! Each generation is a flat open-addressing table: a probe reads one or
+//! two adjacent cache lines, and a batch can ask for them ahead
+//! ([`Dedup::prefetch`]) while earlier events are applied.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,18 +16,18 @@ pub type Fingerprint = u128;
 
 /// The set of recently accepted `(shop, id)`s.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(from = "DedupData")]
+#[serde(from = "DedupData", into = "DedupData")]
 pub struct Dedup {
-    current: HashSet<Fingerprint, Fixed>,
-    previous: HashSet<Fingerprint, Fixed>,
+    current: FlatSet,
+    previous: FlatSet,
     /// Event time at which `current` started.
     current_since: Option<i64>,
 }
 
-/// How a [`Dedup`] loads: its sets are written as plain sequences, read
-/// back into vectors, and each set is sized once instead of growing
-/// through a dozen rehashes.
-#[derive(Debug, Clone, Deserialize)]
+/// How a [`Dedup`] is stored: each generation as a plain sequence of
+/// fingerprints (the layout the earlier hash-set version wrote, so
+/// snapshots read either way), each set sized once on load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct DedupData {
     current: Vec<Fingerprint>,
     previous: Vec<Fingerprint>,
@@ -35,113 +36,236 @@ struct DedupData {
 
 impl From<DedupData> for Dedup {
     fn from(d: DedupData) -> Self {
-        let set = |v: Vec<Fingerprint>| {
-            let mut s = HashSet::with_capacity_and_hasher(v.len(), Fixed);
-            s.extend(v);
-            s
-        };
         Self {
-            current: set(d.current),
-            previous: set(d.previous),
+            current: FlatSet::from_vec(d.current),
+            previous: FlatSet::from_vec(d.previous),
             current_since: d.current_since,
         }
     }
 }
 
-/// A fixed-key hasher so fingerprints and sets are the same on every run.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct Fixed;
-
-impl BuildHasher for Fixed {
-    type Hasher = FoldFinish;
-    fn build_hasher(&self) -> FoldFinish {
-        FoldFinish(0)
+impl From<Dedup> for DedupData {
+    fn from(d: Dedup) -> Self {
+        Self {
+            current: d.current.to_vec(),
+            previous: d.previous.to_vec(),
+            current_since: d.current_since,
+        }
     }
 }
 
-/// Hashes an already uniformly distributed u128 by folding it.
-#[derive(Debug)]
-pub struct FoldFinish(u64);
+/// An insert-only set of fingerprints: linear probing in one power-of-two
+/// array, kept at most 7/10 full. A slot holding 0 is empty, so the
+/// fingerprint 0 is held by a flag of its own.
+#[derive(Debug, Clone, Default)]
+struct FlatSet {
+    slots: Vec<Fingerprint>,
+    len: usize,
+    has_zero: bool,
+}
 
-impl Hasher for FoldFinish {
-    fn finish(&self) -> u64 {
-        self.0
+impl FlatSet {
+    const MIN_SLOTS: usize = 1 << 10;
+
+    fn from_vec(fps: Vec<Fingerprint>) -> Self {
+        let mut set = Self::default();
+        set.reserve(fps.len());
+        for fp in fps {
+            set.insert(fp);
+        }
+        set
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(buf);
+
+    fn to_vec(&self) -> Vec<Fingerprint> {
+        let mut out: Vec<Fingerprint> = self.slots.iter().copied().filter(|&fp| fp != 0).collect();
+        if self.has_zero {
+            out.push(0);
+        }
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.len + usize::from(self.has_zero)
+    }
+
+    /// The home slot of `fp`: its high bits (fingerprints are uniform).
+    fn home(&self, fp: Fingerprint) -> usize {
+        ((fp >> 64) as usize) & (self.slots.len() - 1)
+    }
+
+    fn contains(&self, fp: Fingerprint) -> bool {
+        if fp == 0 {
+            return self.has_zero;
+        }
+        if self.slots.is_empty() {
+            return false;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(fp);
+        loop {
+            match self.slots[i] {
+                0 => return false,
+                x if x == fp => return true,
+                _ => i = (i + 1) & mask,
+            }
         }
     }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = (v as u64) ^ ((v >> 64) as u64);
+
+    /// Adds `fp`; false if it was already there.
+    fn insert(&mut self, fp: Fingerprint) -> bool {
+        if fp == 0 {
+            return !std::mem::replace(&mut self.has_zero, true);
+        }
+        self.reserve(1);
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(fp);
+        loop {
+            match self.slots[i] {
+                0 => {
+                    self.slots[i] = fp;
+                    self.len += 1;
+                    return true;
+                }
+                x if x == fp => return false,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// Makes room for `extra` more fingerprints within the load limit.
+    fn reserve(&mut self, extra: usize) {
+        let need = self.len + extra;
+        if need * 10 <= self.slots.len() * 7 {
+            return;
+        }
+        let mut size = self.slots.len().max(Self::MIN_SLOTS);
+        while need * 10 > size * 7 {
+            size *= 2;
+        }
+        let old = std::mem::replace(&mut self.slots, vec![0; size]);
+        let mask = size - 1;
+        for fp in old.into_iter().filter(|&fp| fp != 0) {
+            let mut i = self.home(fp);
+            while self.slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = fp;
+        }
+    }
+
+    /// Asks the CPU to fetch the line `fp`'s probe starts on.
+    fn prefetch(&self, fp: Fingerprint) {
+        if !self.slots.is_empty() {
+            mem_prefetch::prefetch_read_data::<_, 3>(&self.slots[self.home(fp)]);
+        }
     }
 }
 
 /// The fingerprint of `(shop, id)`: two independently seeded 64-bit lanes of
-/// a multiply-rotate hash over 8-byte words. Defined here, not borrowed
-/// from a crate, so it stays the same across versions (snapshots hold it).
+/// a multiply-rotate hash over the bytes `shop`, 0xff, `id`, packed
+/// little-endian into 8-byte words. Defined here, not borrowed from a crate,
+/// so it stays the same across versions (snapshots hold it).
 pub fn fingerprint(shop: &str, id: &str) -> Fingerprint {
-    let mut a = Lane::new(0x243f_6a88_85a3_08d3);
-    let mut b = Lane::new(0x1319_8a2e_0370_7344);
-    for part in [shop.as_bytes(), &[0xff], id.as_bytes()] {
-        a.write(part);
-        b.write(part);
-    }
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+    let mut h = Lanes::new();
+    h.write(shop.as_bytes());
+    h.push(0xff, 1);
+    h.write(id.as_bytes());
+    h.finish()
 }
 
-struct Lane {
-    h: u64,
+/// The last `n` (1..=7) bytes of `bytes` as a little-endian word, read
+/// with whole loads: a byte-wise copy here costs more than the hashing.
+fn tail_word(bytes: &[u8], n: usize) -> u64 {
+    if let Some(last) = bytes.len().checked_sub(8) {
+        let word = u64::from_le_bytes(bytes[last..].try_into().expect("8 bytes"));
+        return word >> (8 * (8 - n));
+    }
+    let mut word = 0u64;
+    let mut at = 0;
+    if n >= 4 {
+        word = u64::from(u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")));
+        at = 4;
+    }
+    if n - at >= 2 {
+        word |= u64::from(u16::from_le_bytes(bytes[at..at + 2].try_into().expect("2 bytes"))) << (8 * at);
+        at += 2;
+    }
+    if n > at {
+        word |= u64::from(bytes[at]) << (8 * at);
+    }
+    word
+}
+
+/// Both lanes of [`fingerprint`], fed the same words.
+struct Lanes {
+    a: u64,
+    b: u64,
+    /// Bytes written so far.
     len: u64,
+    /// Bytes not yet mixed, little-endian, `filled` of them.
     buf: u64,
     filled: u32,
 }
 
-impl Lane {
+impl Lanes {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
 
-    fn new(seed: u64) -> Self {
+    fn new() -> Self {
         Self {
-            h: seed,
+            a: 0x243f_6a88_85a3_08d3,
+            b: 0x1319_8a2e_0370_7344,
             len: 0,
             buf: 0,
             filled: 0,
         }
     }
 
-    fn mix(&mut self, word: u64) {
-        self.h = (self.h ^ word.wrapping_mul(Self::K))
+    fn mix_one(h: u64, word: u64) -> u64 {
+        (h ^ word.wrapping_mul(Self::K))
             .rotate_left(29)
-            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9)
     }
 
-    fn write(&mut self, mut bytes: &[u8]) {
-        self.len += bytes.len() as u64;
-        // Whole words while the buffer is empty: the same result as the
-        // byte loop below, which packs bytes little-endian.
-        while self.filled == 0 && bytes.len() >= 8 {
-            let (word, rest) = bytes.split_at(8);
-            self.mix(u64::from_le_bytes(word.try_into().expect("8 bytes")));
-            bytes = rest;
+    fn mix(&mut self, word: u64) {
+        self.a = Self::mix_one(self.a, word);
+        self.b = Self::mix_one(self.b, word);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.push(u64::from_le_bytes(w.try_into().expect("8 bytes")), 8);
         }
-        for &byte in bytes {
-            self.buf |= u64::from(byte) << (8 * self.filled);
-            self.filled += 1;
-            if self.filled == 8 {
-                self.mix(self.buf);
-                self.buf = 0;
-                self.filled = 0;
-            }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            self.push(tail_word(bytes, rest.len()), rest.len() as u32);
         }
     }
 
-    fn finish(mut self) -> u64 {
+    /// Appends `n` (1..=8) bytes held in the low bytes of `word` (the
+    /// bytes above them are zero), mixing each word as it fills.
+    fn push(&mut self, word: u64, n: u32) {
+        self.len += u64::from(n);
+        let f = self.filled;
+        self.buf |= word << (8 * f);
+        if f + n >= 8 {
+            self.mix(self.buf);
+            // The bytes that did not fit start the next word.
+            self.buf = if f == 0 { 0 } else { word >> (8 * (8 - f)) };
+            self.filled = f + n - 8;
+        } else {
+            self.filled = f + n;
+        }
+    }
+
+    fn finish(mut self) -> Fingerprint {
         let (buf, len) = (self.buf, self.len);
         self.mix(buf);
         self.mix(len);
-        let mut z = self.h;
+        (u128::from(Self::avalanche(self.a)) << 64) | u128::from(Self::avalanche(self.b))
+    }
+
+    fn avalanche(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
@@ -152,7 +276,7 @@ impl Dedup {
     /// Records `fp` at event time `ts`; false if it was already there.
     pub fn insert(&mut self, fp: Fingerprint, ts: i64) -> bool {
         self.rotate(ts);
-        if self.previous.contains(&fp) {
+        if self.previous.contains(fp) {
             return false;
         }
         self.current.insert(fp)
@@ -160,7 +284,14 @@ impl Dedup {
 
     /// Whether `fp` was seen, without recording it.
     pub fn contains(&self, fp: Fingerprint) -> bool {
-        self.current.contains(&fp) || self.previous.contains(&fp)
+        self.current.contains(fp) || self.previous.contains(fp)
+    }
+
+    /// Starts fetching the memory an `insert` of `fp` will probe, so a
+    /// batch can overlap that wait with the events before it.
+    pub fn prefetch(&self, fp: Fingerprint) {
+        self.current.prefetch(fp);
+        self.previous.prefetch(fp);
     }
 
     /// Number of fingerprints held.
@@ -177,10 +308,14 @@ impl Dedup {
         match self.current_since {
             None => self.current_since = Some(ts),
             Some(since) if ts >= since + GENERATION_MS => {
-                self.previous = std::mem::take(&mut self.current);
+                // The new generation starts at the size the last one
+                // reached, so a steady desk never grows it through rehashes.
+                let mut fresh = FlatSet::default();
+                fresh.reserve(self.current.len());
+                self.previous = std::mem::replace(&mut self.current, fresh);
                 // Two generations back is gone; a long silence drops both.
                 if ts >= since + 2 * GENERATION_MS {
-                    self.previous.clear();
+                    self.previous = FlatSet::default();
                 }
                 self.current_since = Some(ts);
             }
@@ -191,6 +326,8 @@ impl Dedup {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]
@@ -217,6 +354,79 @@ mod tests {
         for shop in 0..50 {
             for id in 0..2000 {
                 assert!(seen.insert(fingerprint(&format!("s{shop}"), &format!("{id}"))));
+            }
+        }
+    }
+
+    #[test]
+    fn the_flat_set_keeps_every_fingerprint_through_growth_and_collisions() {
+        let mut set = FlatSet::default();
+        // Uniform fingerprints, 0 and the extremes, and a run sharing one
+        // home slot (equal high halves) that probes past the table's end.
+        let home_last = u128::from(u64::MAX) << 64;
+        let fps: Vec<Fingerprint> = (0..5000u64)
+            .map(|i| fingerprint("s", &i.to_string()))
+            .chain([0, 1, u128::MAX])
+            .chain((2..200).map(|k| home_last | k))
+            .collect();
+        for &fp in &fps {
+            assert!(set.insert(fp), "{fp:x} is new");
+            assert!(!set.insert(fp), "{fp:x} is held");
+        }
+        assert_eq!(set.len(), fps.len());
+        assert!(set.len() * 10 <= set.slots.len() * 7, "load stays at most 7/10");
+        assert!(fps.iter().all(|&fp| set.contains(fp)));
+        assert!(!set.contains(fingerprint("s", "absent")));
+        assert!(!set.contains(home_last | 999));
+        let mut held = set.to_vec();
+        held.sort_unstable();
+        let mut want = fps.clone();
+        want.sort_unstable();
+        assert_eq!(held, want);
+    }
+
+    #[test]
+    fn a_dedup_reads_back_from_its_bytes() {
+        let mut d = Dedup::default();
+        for i in 0..3000 {
+            d.insert(fingerprint("s", &i.to_string()), i);
+        }
+        d.insert(fingerprint("s", "late"), GENERATION_MS + 5);
+        let back: Dedup = postcard::from_bytes(&postcard::to_stdvec(&d).unwrap()).unwrap();
+        assert_eq!(back.len(), d.len());
+        assert!((0..3000).all(|i| back.contains(fingerprint("s", &i.to_string()))));
+        assert!(back.contains(fingerprint("s", "late")));
+        // Rotation sized the new generation for yesterday's count.
+        assert!(d.current.slots.len() * 7 >= 3000 * 10);
+    }
+
+    /// The definition of [`fingerprint`] one byte at a time, as first written.
+    fn fingerprint_bytewise(shop: &str, id: &str) -> Fingerprint {
+        let lane = |seed: u64| {
+            let (mut h, mut buf, mut filled) = (seed, 0u64, 0u32);
+            let bytes: Vec<u8> = shop.bytes().chain([0xff]).chain(id.bytes()).collect();
+            for &byte in &bytes {
+                buf |= u64::from(byte) << (8 * filled);
+                filled += 1;
+                if filled == 8 {
+                    h = Lanes::mix_one(h, buf);
+                    (buf, filled) = (0, 0);
+                }
+            }
+            h = Lanes::mix_one(h, buf);
+            Lanes::avalanche(Lanes::mix_one(h, bytes.len() as u64))
+        };
+        (u128::from(lane(0x243f_6a88_85a3_08d3)) << 64) | u128::from(lane(0x1319_8a2e_0370_7344))
+    }
+
+    #[test]
+    fn the_word_at_a_time_fingerprint_equals_the_bytewise_definition() {
+        let text = "0123456789abcdefghijklmnopqrstuvwxyz店铺客服-会话";
+        let cut = |n: usize| &text[..text.char_indices().nth(n).map_or(text.len(), |(i, _)| i)];
+        for s in 0..24 {
+            for i in 0..40 {
+                let (shop, id) = (cut(s), cut(i));
+                assert_eq!(fingerprint(shop, id), fingerprint_bytewise(shop, id), "{shop:?} {id:?}");
             }
         }
     }

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::protocol::{AgentId, AgentStatus, ConversationId, CustomerId, Event, EventKind, ShopId, TeamId};
 use alerts::{Alert, AlertBook, AlertChange, Reading, Rule, Severity, Thresholds};
 use day::{Calendar, Day};
-use dedup::{Dedup, fingerprint};
+use dedup::{Dedup, Fingerprint, fingerprint};
 use slab::Slab;
 use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
 
@@ -541,6 +541,16 @@ pub struct Engine {
     applied: u64,
 }
 
+/// How many events ahead [`Engine::apply_batch`] fetches dedup slots: far
+/// enough for the fetch to land before the event is applied, near enough
+/// for the line to still be in cache.
+pub const PREFETCH_AHEAD: usize = 8;
+
+/// The dedup key of an event: its `(shop, id)` fingerprint.
+fn dedup_key(event: &Event) -> Fingerprint {
+    fingerprint(event.shop.as_str(), event.id.as_str())
+}
+
 /// Shops cleaned up per `tick`: the hourly pass is spread over ticks so a
 /// desk with thousands of shops never stops for it.
 pub const MAINTAIN_SHOPS_PER_TICK: u32 = 8;
@@ -659,13 +669,39 @@ impl Engine {
     /// a batch that holds both a customer message and its reply is judged
     /// as a whole (wall clock: the batch arrives at one `now`).
     pub fn apply_deferred(&mut self, event: &Event) -> Applied {
+        self.apply_keyed(event, dedup_key(event))
+    }
+
+    /// Applies `events` in order, with the results of [`Engine::apply`] on
+    /// each in turn under the event clock, and of one arrival under the
+    /// wall clock (wait rules judged once, at the end). Faster than one
+    /// call per event: each event's dedup slots are fetched
+    /// [`PREFETCH_AHEAD`] events before it is applied.
+    pub fn apply_batch(&mut self, events: &[Event]) -> Vec<Applied> {
+        let keys: Vec<Fingerprint> = events.iter().map(dedup_key).collect();
+        for &k in keys.iter().take(PREFETCH_AHEAD) {
+            self.dedup.prefetch(k);
+        }
+        let per_event = self.settings.clock == Clock::Event;
+        let mut out = Vec::with_capacity(events.len());
+        for (i, (event, &key)) in events.iter().zip(&keys).enumerate() {
+            if let Some(&ahead) = keys.get(i + PREFETCH_AHEAD) {
+                self.dedup.prefetch(ahead);
+            }
+            out.push(self.apply_keyed(event, key));
+            if per_event {
+                self.settle();
+            }
+        }
+        self.settle();
+        out
+    }
+
+    fn apply_keyed(&mut self, event: &Event, key: Fingerprint) -> Applied {
         if self.settings.clock == Clock::Event {
             self.tick(event.ts);
         }
-        if !self
-            .dedup
-            .insert(fingerprint(event.shop.as_str(), event.id.as_str()), event.ts)
-        {
+        if !self.dedup.insert(key, event.ts) {
             return Applied::Duplicate;
         }
         self.applied += 1;
