@@ -263,6 +263,16 @@ impl Default for Marks {
     }
 }
 
+/// What [`Shop::customer_in`] learned of a chat event's conversation, so
+/// [`Engine::open_conversation`] neither hashes its id nor probes again.
+#[derive(Debug, Clone, Copy)]
+struct ConvLookup<'a> {
+    id: &'a ConversationId,
+    key: IdKey,
+    /// The conversation, when it exists and already belongs to the customer.
+    found: Option<ConvIx>,
+}
+
 /// One agent's state in one shop.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Partial {
@@ -338,16 +348,36 @@ impl Shop {
     /// The customer's index, as [`Shop::customer`], found through the
     /// conversation when it already belongs to this customer: one slab read
     /// instead of a probe of the shop's whole customer index.
-    fn customer_in(&mut self, conversation: &ConversationId, id: &CustomerId, ts: i64) -> CustIx {
+    fn customer_in<'a>(
+        &mut self,
+        conversation: &'a ConversationId,
+        id: &CustomerId,
+        ts: i64,
+    ) -> (CustIx, ConvLookup<'a>) {
         let key = id_key(id.as_str());
-        if let Some(&c) = self.conversation_ix.get(&id_key(conversation.as_str())) {
+        let conv_key = id_key(conversation.as_str());
+        if let Some(&c) = self.conversation_ix.get(&conv_key) {
             let cu = self.conversations[c].customer;
             if self.customers[cu].key == key {
                 self.touch_customer(cu, ts);
-                return cu;
+                return (
+                    cu,
+                    ConvLookup {
+                        id: conversation,
+                        key: conv_key,
+                        found: Some(c),
+                    },
+                );
             }
         }
-        self.customer_by_key(id, key, ts)
+        (
+            self.customer_by_key(id, key, ts),
+            ConvLookup {
+                id: conversation,
+                key: conv_key,
+                found: None,
+            },
+        )
     }
 
     fn customer_by_key(&mut self, id: &CustomerId, key: IdKey, ts: i64) -> CustIx {
@@ -724,12 +754,12 @@ impl Engine {
                 customer,
                 agent,
             } => {
-                let cu = self.shops[s as usize].customer_in(conversation, customer, ts);
+                let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ts);
                 // A flagged customer's messages are ignored, down to the
                 // agent they name: it does not become known through them.
                 if !self.shops[s as usize].flagged(cu) {
                     let a = agent.as_ref().map(|a| self.agent_index(a));
-                    self.customer_message(s, conversation, cu, a, ts);
+                    self.customer_message(s, at, cu, a, ts);
                 }
             }
             EventKind::AgentMessage {
@@ -738,9 +768,9 @@ impl Engine {
                 agent,
                 auto,
             } => {
-                let cu = self.shops[s as usize].customer_in(conversation, customer, ts);
+                let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ts);
                 let a = self.agent_index(agent);
-                self.agent_message(s, conversation, cu, a, *auto, ts);
+                self.agent_message(s, at, cu, a, *auto, ts);
             }
             EventKind::Assign {
                 conversation,
@@ -748,9 +778,9 @@ impl Engine {
                 agent,
                 from_agent,
             } => {
-                let cu = self.shops[s as usize].customer_in(conversation, customer, ts);
+                let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ts);
                 let a = self.agent_index(agent);
-                let c = self.open_conversation(s, conversation, cu, ts);
+                let c = self.open_conversation(s, at, cu, ts);
                 self.assign(s, c, a, ts);
                 if let Some(from) = from_agent {
                     let from = self.agent_index(from);
@@ -776,8 +806,10 @@ impl Engine {
             return;
         }
         let mut touched = std::mem::take(&mut self.touched);
-        touched.sort_unstable();
-        touched.dedup();
+        if touched.len() > 1 {
+            touched.sort_unstable();
+            touched.dedup();
+        }
         for (s, a) in touched.drain(..) {
             self.check_waiting(s, a);
         }
@@ -876,14 +908,15 @@ impl Engine {
     }
 
     /// The conversation's index, opening it for `customer` if new.
-    fn open_conversation(&mut self, s: ShopIx, conv: &ConversationId, customer: CustIx, ts: i64) -> ConvIx {
+    fn open_conversation(&mut self, s: ShopIx, at: ConvLookup<'_>, customer: CustIx, ts: i64) -> ConvIx {
         let shop = &mut self.shops[s as usize];
-        let key = id_key(conv.as_str());
-        let (ix, is_new) = match shop.conversation_ix.get(&key) {
-            Some(&ix) => (ix, false),
+        let key = at.key;
+        let found = at.found.or_else(|| shop.conversation_ix.get(&key).copied());
+        let (ix, is_new) = match found {
+            Some(ix) => (ix, false),
             None => {
                 let ix = shop.conversations.insert(Conversation {
-                    id: conv.clone(),
+                    id: at.id.clone(),
                     customer,
                     agent: None,
                     wait_start: None,
@@ -911,8 +944,8 @@ impl Engine {
 
     /// A counted customer message (the caller has checked the customer is
     /// not flagged).
-    fn customer_message(&mut self, s: ShopIx, conv: &ConversationId, cu: CustIx, agent: Option<AgentIx>, ts: i64) {
-        let c = self.open_conversation(s, conv, cu, ts);
+    fn customer_message(&mut self, s: ShopIx, at: ConvLookup<'_>, cu: CustIx, agent: Option<AgentIx>, ts: i64) {
+        let c = self.open_conversation(s, at, cu, ts);
         if let Some(a) = agent {
             self.assign(s, c, a, ts);
         }
@@ -939,8 +972,8 @@ impl Engine {
         }
     }
 
-    fn agent_message(&mut self, s: ShopIx, conv: &ConversationId, cu: CustIx, a: AgentIx, auto: bool, ts: i64) {
-        let c = self.open_conversation(s, conv, cu, ts);
+    fn agent_message(&mut self, s: ShopIx, at: ConvLookup<'_>, cu: CustIx, a: AgentIx, auto: bool, ts: i64) {
+        let c = self.open_conversation(s, at, cu, ts);
         self.assign(s, c, a, ts);
         if auto {
             self.record(s, Some(a), MarkKind::AutoReply, 0, ts);
