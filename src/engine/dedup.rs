@@ -54,18 +54,32 @@ impl From<Dedup> for DedupData {
     }
 }
 
-/// An insert-only set of fingerprints: linear probing in one power-of-two
-/// array, kept at most 7/10 full. A slot holding 0 is empty, so the
+/// An insert-only set of fingerprints: linear probing in power-of-two
+/// arrays kept at most 7/10 full. A slot holding 0 is empty, so the
 /// fingerprint 0 is held by a flag of its own.
+///
+/// Growing never stops the caller for long: the full table is kept as
+/// `old` and emptied into its double-size successor [`FlatSet::MOVE_PER_INSERT`]
+/// slots per insert, while lookups search both. Moving a table of a few
+/// million fingerprints at once took 50–160 ms on the engine thread.
 #[derive(Debug, Clone, Default)]
 struct FlatSet {
     slots: Vec<Fingerprint>,
+    /// Fingerprints in `slots`.
     len: usize,
+    /// The table being emptied into `slots` (empty when none), the next
+    /// slot of it to move, and how many fingerprints it still holds.
+    old: Vec<Fingerprint>,
+    old_next: usize,
+    old_len: usize,
     has_zero: bool,
 }
 
 impl FlatSet {
     const MIN_SLOTS: usize = 1 << 10;
+    /// Old slots moved per insert while growing: the move ends long before
+    /// the new table (twice the size) is full.
+    const MOVE_PER_INSERT: usize = 32;
 
     fn from_vec(fps: Vec<Fingerprint>) -> Self {
         let mut set = Self::default();
@@ -77,7 +91,13 @@ impl FlatSet {
     }
 
     fn to_vec(&self) -> Vec<Fingerprint> {
-        let mut out: Vec<Fingerprint> = self.slots.iter().copied().filter(|&fp| fp != 0).collect();
+        let mut out: Vec<Fingerprint> = self
+            .slots
+            .iter()
+            .chain(&self.old[self.old_next.min(self.old.len())..])
+            .copied()
+            .filter(|&fp| fp != 0)
+            .collect();
         if self.has_zero {
             out.push(0);
         }
@@ -85,25 +105,24 @@ impl FlatSet {
     }
 
     fn len(&self) -> usize {
-        self.len + usize::from(self.has_zero)
+        self.len + self.old_len + usize::from(self.has_zero)
     }
 
-    /// The home slot of `fp`: its high bits (fingerprints are uniform).
-    fn home(&self, fp: Fingerprint) -> usize {
-        ((fp >> 64) as usize) & (self.slots.len() - 1)
+    /// The home slot of `fp` in a table of `size` slots: its high bits
+    /// (fingerprints are uniform).
+    fn home(fp: Fingerprint, size: usize) -> usize {
+        ((fp >> 64) as usize) & (size - 1)
     }
 
-    fn contains(&self, fp: Fingerprint) -> bool {
-        if fp == 0 {
-            return self.has_zero;
-        }
-        if self.slots.is_empty() {
+    /// Whether `table` holds `fp` (not 0).
+    fn probe(table: &[Fingerprint], fp: Fingerprint) -> bool {
+        if table.is_empty() {
             return false;
         }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(fp);
+        let mask = table.len() - 1;
+        let mut i = Self::home(fp, table.len());
         loop {
-            match self.slots[i] {
+            match table[i] {
                 0 => return false,
                 x if x == fp => return true,
                 _ => i = (i + 1) & mask,
@@ -111,52 +130,92 @@ impl FlatSet {
         }
     }
 
+    /// Puts `fp`, known to be absent, into `table`, which has room.
+    fn place(table: &mut [Fingerprint], fp: Fingerprint) {
+        let mask = table.len() - 1;
+        let mut i = Self::home(fp, table.len());
+        while table[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        table[i] = fp;
+    }
+
+    fn contains(&self, fp: Fingerprint) -> bool {
+        if fp == 0 {
+            return self.has_zero;
+        }
+        Self::probe(&self.slots, fp) || (self.old_len > 0 && Self::probe(&self.old, fp))
+    }
+
     /// Adds `fp`; false if it was already there.
     fn insert(&mut self, fp: Fingerprint) -> bool {
         if fp == 0 {
             return !std::mem::replace(&mut self.has_zero, true);
         }
+        if self.contains(fp) {
+            return false;
+        }
+        self.move_some(Self::MOVE_PER_INSERT);
         self.reserve(1);
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(fp);
-        loop {
-            match self.slots[i] {
-                0 => {
-                    self.slots[i] = fp;
-                    self.len += 1;
-                    return true;
-                }
-                x if x == fp => return false,
-                _ => i = (i + 1) & mask,
+        Self::place(&mut self.slots, fp);
+        self.len += 1;
+        true
+    }
+
+    /// Moves up to `n` slots of the old table into the new one.
+    fn move_some(&mut self, n: usize) {
+        if self.old.is_empty() {
+            return;
+        }
+        let end = (self.old_next + n).min(self.old.len());
+        for i in self.old_next..end {
+            let fp = self.old[i];
+            if fp != 0 {
+                Self::place(&mut self.slots, fp);
+                self.len += 1;
+                self.old_len -= 1;
             }
+        }
+        self.old_next = end;
+        if end == self.old.len() {
+            self.old = Vec::new();
+            self.old_next = 0;
         }
     }
 
-    /// Makes room for `extra` more fingerprints within the load limit.
+    /// Makes room for `extra` more fingerprints within the load limit: at
+    /// once when the set is empty, else by starting a gradual move.
     fn reserve(&mut self, extra: usize) {
-        let need = self.len + extra;
+        let need = self.len + self.old_len + extra;
         if need * 10 <= self.slots.len() * 7 {
             return;
         }
+        // A move still under way (only if `extra` is large) ends first.
+        self.move_some(usize::MAX);
         let mut size = self.slots.len().max(Self::MIN_SLOTS);
         while need * 10 > size * 7 {
             size *= 2;
         }
         let old = std::mem::replace(&mut self.slots, vec![0; size]);
-        let mask = size - 1;
-        for fp in old.into_iter().filter(|&fp| fp != 0) {
-            let mut i = self.home(fp);
-            while self.slots[i] != 0 {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = fp;
+        if self.len == 0 {
+            return;
         }
+        self.old = old;
+        self.old_next = 0;
+        self.old_len = std::mem::take(&mut self.len);
     }
 
-    /// Asks the CPU to fetch the line `fp`'s probe starts on.
+    /// Ends a move under way (a generation about to stop taking inserts).
+    fn settle(&mut self) {
+        self.move_some(usize::MAX);
+    }
+
+    /// Asks the CPU to fetch the lines `fp`'s probes start on.
     fn prefetch(&self, fp: Fingerprint) {
-        if !self.slots.is_empty() {
-            mem_prefetch::prefetch_read_data::<_, 3>(&self.slots[self.home(fp)]);
+        for table in [&self.slots, &self.old] {
+            if !table.is_empty() {
+                mem_prefetch::prefetch_read_data::<_, 3>(&table[Self::home(fp, table.len())]);
+            }
         }
     }
 }
@@ -312,6 +371,7 @@ impl Dedup {
                 // reached, so a steady desk never grows it through rehashes.
                 let mut fresh = FlatSet::default();
                 fresh.reserve(self.current.len());
+                self.current.settle();
                 self.previous = std::mem::replace(&mut self.current, fresh);
                 // Two generations back is gone; a long silence drops both.
                 if ts >= since + 2 * GENERATION_MS {
@@ -375,6 +435,7 @@ mod tests {
         }
         assert_eq!(set.len(), fps.len());
         assert!(set.len() * 10 <= set.slots.len() * 7, "load stays at most 7/10");
+        assert!(set.old.is_empty(), "every growth has finished moving");
         assert!(fps.iter().all(|&fp| set.contains(fp)));
         assert!(!set.contains(fingerprint("s", "absent")));
         assert!(!set.contains(home_last | 999));
@@ -383,6 +444,26 @@ mod tests {
         let mut want = fps.clone();
         want.sort_unstable();
         assert_eq!(held, want);
+    }
+
+    #[test]
+    fn a_growing_flat_set_answers_from_both_tables_while_it_moves() {
+        let mut set = FlatSet::default();
+        let fps: Vec<Fingerprint> = (0..2000u64).map(|i| fingerprint("s", &i.to_string())).collect();
+        let mut seen_moving = false;
+        for (n, &fp) in fps.iter().enumerate() {
+            assert!(set.insert(fp));
+            assert_eq!(set.len(), n + 1);
+            if !set.old.is_empty() {
+                seen_moving = true;
+                // Mid-move: every earlier fingerprint is found, in one table
+                // or the other, and none is listed twice.
+                assert!(fps[..=n].iter().all(|&f| set.contains(f)));
+                assert!(!set.insert(fps[n / 2]), "an unmoved fingerprint is a duplicate");
+                assert_eq!(set.to_vec().len(), n + 1);
+            }
+        }
+        assert!(seen_moving, "growth happened in steps");
     }
 
     #[test]
