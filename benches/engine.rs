@@ -264,10 +264,21 @@ fn memory_agents(agents: u64) {
 
     let per_agent = 120u64;
     let round_ms = 25_000i64;
+    let base = START + 10 * 3_600_000;
+    // The dedup set is desk-wide (every event id for 24–48 h), so it is
+    // reported apart: one of the same size (3 events per conversation) is
+    // built first, on its own, and kept, so it grows into fresh memory
+    // exactly as the engine's own set does.
+    let dedup_ids = 3 * per_agent * agents;
+    let before_dedup = rss_bytes();
+    let mut dedup = deskpulse::engine::dedup::Dedup::default();
+    for i in 0..dedup_ids {
+        dedup.insert(deskpulse::engine::dedup::fingerprint("shop-1", &i.to_string()), base);
+    }
+    let dedup_bytes = rss_bytes().saturating_sub(before_dedup) as f64;
     let before = rss_bytes();
     let mut engine = Engine::new(quiet);
     let mut id = 0u64;
-    let base = START + 10 * 3_600_000;
     // (ts, seq) → event; `seq` keeps equal times in generation order.
     let mut pending: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
     let mut events: std::collections::HashMap<u64, Event> = std::collections::HashMap::new();
@@ -341,14 +352,7 @@ fn memory_agents(agents: u64) {
     let census = engine.census();
     let grown = rss_bytes().saturating_sub(before);
     assert_eq!(census.alerts_held, 0, "the quiet thresholds raise nothing");
-    // The dedup set is desk-wide (every event id for 24–48 h): measure one
-    // of the same size on its own and report it apart.
-    let before_dedup = rss_bytes();
-    let mut dedup = deskpulse::engine::dedup::Dedup::default();
-    for i in 0..census.dedup_ids as u64 {
-        dedup.insert(deskpulse::engine::dedup::fingerprint("shop-1", &i.to_string()), base);
-    }
-    let dedup_bytes = rss_bytes().saturating_sub(before_dedup) as f64;
+    assert_eq!(census.dedup_ids as u64, dedup_ids, "the engine holds every event id");
     std::hint::black_box(&dedup);
     let per_partial = (grown as f64 - dedup_bytes) / census.partials as f64;
     println!(

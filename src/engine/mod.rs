@@ -185,10 +185,20 @@ fn id_key(id: &str) -> IdKey {
     fingerprint("", id)
 }
 
+/// A key as two words: held in a struct, it keeps the struct 8-aligned.
+fn halves(key: IdKey) -> [u64; 2] {
+    [(key >> 64) as u64, key as u64]
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Conversation {
     id: ConversationId,
     customer: CustIx,
+    /// [`halves`] of `id_key` of the customer's id, kept so an event naming
+    /// the conversation's own customer skips the customer index; rebuilt
+    /// on restore.
+    #[serde(skip)]
+    customer_key: [u64; 2],
     agent: Option<AgentIx>,
     wait_start: Option<i64>,
     responded: bool,
@@ -198,10 +208,6 @@ struct Conversation {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Customer {
     id: CustomerId,
-    /// `id_key(id)`, kept so a conversation's customer is checked without
-    /// hashing its id again; rebuilt on restore.
-    #[serde(skip)]
-    key: IdKey,
     flagged: bool,
     /// Latest `ts` of an event or mark naming this customer. Marks are
     /// forgotten before their customer is, so a mark's index never points
@@ -269,6 +275,7 @@ impl Default for Marks {
 struct ConvLookup<'a> {
     id: &'a ConversationId,
     key: IdKey,
+    customer_key: [u64; 2],
     /// The conversation, when it exists and already belongs to the customer.
     found: Option<ConvIx>,
 }
@@ -356,15 +363,18 @@ impl Shop {
     ) -> (CustIx, ConvLookup<'a>) {
         let key = id_key(id.as_str());
         let conv_key = id_key(conversation.as_str());
+        let customer_key = halves(key);
         if let Some(&c) = self.conversation_ix.get(&conv_key) {
-            let cu = self.conversations[c].customer;
-            if self.customers[cu].key == key {
+            let conv = &self.conversations[c];
+            if conv.customer_key == customer_key {
+                let cu = conv.customer;
                 self.touch_customer(cu, ts);
                 return (
                     cu,
                     ConvLookup {
                         id: conversation,
                         key: conv_key,
+                        customer_key,
                         found: Some(c),
                     },
                 );
@@ -375,6 +385,7 @@ impl Shop {
             ConvLookup {
                 id: conversation,
                 key: conv_key,
+                customer_key,
                 found: None,
             },
         )
@@ -386,7 +397,6 @@ impl Shop {
             None => {
                 let ix = self.customers.insert(Customer {
                     id: id.clone(),
-                    key,
                     flagged: false,
                     last_ts: ts,
                     open: 0,
@@ -634,8 +644,13 @@ impl Engine {
             for (&a, p) in &mut s.partials {
                 p.thresholds = settings.thresholds_for(Some(&agents[a as usize].id), &s.id);
             }
-            for c in s.customers.values_mut() {
-                c.key = id_key(c.id.as_str());
+            let Shop {
+                conversations,
+                customers,
+                ..
+            } = s;
+            for c in conversations.values_mut() {
+                c.customer_key = halves(id_key(customers[c.customer].id.as_str()));
             }
         }
         e.settings = settings;
@@ -918,6 +933,7 @@ impl Engine {
                 let ix = shop.conversations.insert(Conversation {
                     id: at.id.clone(),
                     customer,
+                    customer_key: at.customer_key,
                     agent: None,
                     wait_start: None,
                     responded: false,
@@ -934,6 +950,7 @@ impl Engine {
         } else if c.customer != customer {
             // The sender moved the conversation to another customer id.
             let old = std::mem::replace(&mut c.customer, customer);
+            c.customer_key = at.customer_key;
             if let Some(oc) = shop.customers.get_mut(old) {
                 oc.open -= 1;
             }
@@ -1563,12 +1580,17 @@ impl Engine {
                     shop.customers.get(c.customer).is_some(),
                     "conversation of a dead customer"
                 );
+                assert_eq!(
+                    c.customer_key,
+                    halves(id_key(shop.customers[c.customer].id.as_str())),
+                    "conversation {} keeps its customer's key",
+                    c.id
+                );
                 *open.entry(c.customer).or_default() += 1;
             }
             for (cu, c) in shop.customers.iter() {
                 assert_eq!(c.open, open.get(&cu).copied().unwrap_or(0), "open count of {}", c.id);
                 assert_eq!(shop.customer_ix.get(&id_key(c.id.as_str())), Some(&cu));
-                assert_eq!(c.key, id_key(c.id.as_str()), "a customer's kept key is its id's");
             }
             for p in shop.partials.values() {
                 for cu in p.marks.keys() {

@@ -818,3 +818,21 @@ fn the_hourly_clean_up_is_spread_over_ticks_a_few_shops_each() {
     assert_eq!(queued(&d), 0, "the pass is done after three ticks");
     d.engine.assert_consistent();
 }
+
+#[test]
+fn a_restored_engine_rebuilds_each_conversations_customer_key() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.customer(T0 + S, "c2", "u2", Some("a1"));
+    // The sender moves c2 to another customer id.
+    d.customer(T0 + 2 * S, "c2", "u3", None);
+    d.engine.assert_consistent();
+    let bytes = d.engine.snapshot();
+    let restored = Engine::restore(d.engine.settings().clone(), &bytes).expect("the snapshot loads");
+    restored.assert_consistent();
+    d.engine = restored;
+    d.reply(T0 + 3 * S, "c1", "u1", "a1");
+    d.reply(T0 + 3 * S, "c2", "u3", "a1");
+    d.engine.assert_consistent();
+    assert_eq!(d.today("a1").replied_customers, 2);
+}
