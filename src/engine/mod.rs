@@ -141,29 +141,56 @@ pub enum Applied {
     Duplicate,
 }
 
-/// Open waits of one scope: start ts → count.
+/// Open waits of one scope: (start ts, count), sorted by start. A scope
+/// holds a handful of waits, so a sorted vector beats a tree: the oldest
+/// is the first element, and an update touches one or two cache lines.
+/// Stored as a sequence of pairs, which is how the tree map it replaced
+/// was stored, so snapshots read either way.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Waits {
-    starts: BTreeMap<i64, u32>,
+    #[serde(with = "wait_starts")]
+    starts: Vec<(i64, u32)>,
     count: u64,
 }
 
 impl Waits {
     fn add(&mut self, start: i64) {
-        *self.starts.entry(start).or_insert(0) += 1;
+        match self.starts.binary_search_by_key(&start, |&(s, _)| s) {
+            Ok(i) => self.starts[i].1 += 1,
+            Err(i) => self.starts.insert(i, (start, 1)),
+        }
         self.count += 1;
     }
     fn remove(&mut self, start: i64) {
-        if let Some(n) = self.starts.get_mut(&start) {
-            *n -= 1;
-            if *n == 0 {
-                self.starts.remove(&start);
+        if let Ok(i) = self.starts.binary_search_by_key(&start, |&(s, _)| s) {
+            self.starts[i].1 -= 1;
+            if self.starts[i].1 == 0 {
+                self.starts.remove(i);
             }
             self.count -= 1;
         }
     }
     fn oldest(&self) -> Option<i64> {
-        self.starts.keys().next().copied()
+        self.starts.first().map(|&(s, _)| s)
+    }
+}
+
+/// [`Waits::starts`] on disk: a map from start to count.
+mod wait_starts {
+    use serde::ser::SerializeMap;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(starts: &[(i64, u32)], s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(starts.len()))?;
+        for (start, n) in starts {
+            map.serialize_entry(start, n)?;
+        }
+        map.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(i64, u32)>, D::Error> {
+        let map: std::collections::BTreeMap<i64, u32> = serde::Deserialize::deserialize(d)?;
+        Ok(map.into_iter().collect())
     }
 }
 

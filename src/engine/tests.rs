@@ -836,3 +836,26 @@ fn a_restored_engine_rebuilds_each_conversations_customer_key() {
     d.engine.assert_consistent();
     assert_eq!(d.today("a1").replied_customers, 2);
 }
+
+#[test]
+fn waits_are_stored_as_the_start_to_count_map_they_were() {
+    #[derive(serde::Serialize)]
+    struct TreeWaits {
+        starts: std::collections::BTreeMap<i64, u32>,
+        count: u64,
+    }
+    let mut w = super::Waits::default();
+    for start in [30, 10, 20, 10, 40] {
+        w.add(start);
+    }
+    w.remove(40);
+    assert_eq!(w.oldest(), Some(10));
+    let tree = TreeWaits {
+        starts: [(10, 2), (20, 1), (30, 1)].into_iter().collect(),
+        count: 4,
+    };
+    let bytes = postcard::to_stdvec(&w).unwrap();
+    assert_eq!(bytes, postcard::to_stdvec(&tree).unwrap());
+    let back: super::Waits = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!((back.starts, back.count), (vec![(10, 2), (20, 1), (30, 1)], 4));
+}
