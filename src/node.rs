@@ -1,7 +1,9 @@
 //! One node: the log writer thread (group commit) and the engine thread (the
 //! desk's partitions), started after recovery, behind a cheap [`Node`]
-//! handle. Batches in, per-event outcomes out only once durable and applied;
-//! queries run on the engine thread, so they see every acknowledged event.
+//! handle. Batches in, per-event outcomes out once durable: the log thread
+//! decides duplicates ahead of the engine ([`Admission`]) and queues each
+//! batch for the engine before answering, and queries run on the engine
+//! thread behind it, so they see every acknowledged event.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::engine::alerts::Alert;
-use crate::engine::desk::Desk;
+use crate::engine::desk::{Admission, Desk};
 use crate::engine::{Applied, Clock};
 use crate::log::{self, LogWriter, RecordKind};
 use crate::protocol::{Event, parse_event};
@@ -61,7 +63,7 @@ pub struct Counters {
     pub recovered_records: AtomicU64,
     pub recovery_millis: AtomicU64,
     pub truncated_bytes: AtomicU64,
-    /// Time from a batch's arrival to its outcome (durable and applied).
+    /// Time from a batch's arrival to its outcome (durable, queued for the engine).
     pub ingest_latency: LatencyHistogram,
 }
 
@@ -102,9 +104,8 @@ impl LatencyHistogram {
     }
 }
 
-/// The outcome of each event, and the events themselves: they are freed by
-/// the waiting connection, not on the engine thread.
-type Outcome = Result<(Vec<Applied>, Vec<Event>), NodeError>;
+/// The outcome of each event (accepted or duplicate), known once durable.
+type Outcome = Result<Vec<Applied>, NodeError>;
 type Reply = oneshot::Sender<Outcome>;
 type Query = Box<dyn FnOnce(&Desk) + Send>;
 
@@ -125,11 +126,13 @@ enum LogCmd {
 
 /// `through` is the sequence number after the command's records.
 enum EngineCmd {
+    /// Events already acknowledged: the log thread admitted them (see
+    /// [`Admission`]) and answered once they were durable.
     Apply {
         events: Vec<Event>,
         clock: Option<i64>,
         through: u64,
-        reply: Reply,
+        admitted: Vec<Applied>,
     },
     Ack {
         ack: AckRecord,
@@ -158,7 +161,7 @@ struct AckRecord {
     by: String,
 }
 
-/// The outcome of an enqueued batch, once durable and applied.
+/// The outcome of an enqueued batch, once durable.
 #[derive(Debug)]
 pub struct Pending(Option<oneshot::Receiver<Outcome>>);
 
@@ -167,10 +170,7 @@ impl Pending {
     pub async fn wait(self) -> Result<Vec<Applied>, NodeError> {
         match self.0 {
             None => Ok(Vec::new()),
-            Some(rx) => rx
-                .await
-                .map_err(|_| NodeError::Stopped)?
-                .map(|(outcomes, _events)| outcomes),
+            Some(rx) => rx.await.map_err(|_| NodeError::Stopped)?,
         }
     }
 }
@@ -329,11 +329,14 @@ impl Node {
             let engine_tx = engine_tx.clone();
             let counters = counters.clone();
             let failed = storage_failed.clone();
+            let admission = desk.admission();
             threads.push(
                 std::thread::Builder::new()
                     .name("deskpulse-log".into())
                     .spawn(move || {
-                        fail_fast("log", || log_thread(writer, log_rx, engine_tx, counters, failed, wall))
+                        fail_fast("log", || {
+                            log_thread(writer, log_rx, engine_tx, admission, counters, failed, wall)
+                        })
                     })?,
             );
         }
@@ -519,11 +522,14 @@ fn fail_fast(name: &str, body: impl FnOnce()) {
 }
 
 /// Group commit: take everything queued, write it, one fsync, then hand the
-/// batches to the engine in log order.
+/// batches to the engine in log order and acknowledge them: each event's
+/// outcome comes from `admission`, the desk's duplicate decisions taken
+/// ahead of it, so an ack waits for the disk, never for the engine.
 fn log_thread(
     mut writer: LogWriter,
     mut rx: mpsc::Receiver<LogCmd>,
     engine_tx: mpsc::Sender<EngineCmd>,
+    mut admission: Admission,
     counters: Arc<Counters>,
     failed: Arc<AtomicBool>,
     wall: bool,
@@ -598,26 +604,37 @@ fn log_thread(
             .commit_micros_total
             .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         for (cmd, through) in batch.drain(..).zip(through) {
-            let next = match cmd {
+            match cmd {
                 LogCmd::Events { events, reply, .. } => {
                     counters.records.fetch_add(events.len() as u64, Ordering::Relaxed);
-                    EngineCmd::Apply {
+                    // Durable now: decide duplicates here, in log order, and
+                    // answer once the engine has the batch queued, so a query
+                    // sent after the ack is served after the batch.
+                    let admitted: Vec<Applied> = events.iter().map(|e| admission.admit(e)).collect();
+                    let answer = admitted.clone();
+                    let apply = EngineCmd::Apply {
                         events,
                         clock,
                         through,
+                        admitted,
+                    };
+                    if engine_tx.blocking_send(apply).is_err() {
+                        return;
+                    }
+                    reply.send(Ok(answer)).ok();
+                }
+                LogCmd::Ack { ack, reply, .. } => {
+                    let next = EngineCmd::Ack {
+                        ack,
+                        clock,
+                        through,
                         reply,
+                    };
+                    if engine_tx.blocking_send(next).is_err() {
+                        return;
                     }
                 }
-                LogCmd::Ack { ack, reply, .. } => EngineCmd::Ack {
-                    ack,
-                    clock,
-                    through,
-                    reply,
-                },
                 LogCmd::Snapshotted(_) => unreachable!("removed above"),
-            };
-            if engine_tx.blocking_send(next).is_err() {
-                return;
             }
         }
     }
@@ -768,14 +785,22 @@ fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wa
                 events,
                 clock,
                 through,
-                reply,
+                admitted,
             } => {
                 if let Some(now) = clock {
                     desk.tick(now);
                 }
                 let outcomes: Vec<Applied> = desk.apply_batch(&events);
                 snapshots.applied(through, events.len() as u64);
-                reply.send(Ok((outcomes, events))).ok();
+                if outcomes != admitted {
+                    // Never expected: both sides hold the same sets and see
+                    // the same events in the same order.
+                    tracing::error!(
+                        ?outcomes,
+                        ?admitted,
+                        "the engine's duplicate decisions differ from the acknowledged ones"
+                    );
+                }
             }
             EngineCmd::Ack {
                 ack,

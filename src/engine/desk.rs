@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::alerts::{Alert, AlertChange};
+use super::dedup::Dedup;
 use super::window::{MarkKind, Window, WindowAcc, WindowMetrics};
 use super::{AgentStats, Applied, Engine, LiveAcc, LiveState, OpenWait, QueueState, Settings};
 use crate::protocol::{AgentId, Event, EventKind, ShopId, TeamId};
@@ -44,6 +45,28 @@ pub struct Desk {
     settings: Arc<Settings>,
 }
 
+/// A desk's duplicate decisions, taken ahead of the desk: the node's log
+/// thread answers each event "accepted" or "duplicate" from this copy, so
+/// an acknowledgement never waits for the engine. It holds a copy of each
+/// partition's dedup set and sees the same events in the same order, so
+/// it decides exactly as the partitions will when they apply them.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    parts: Vec<Dedup>,
+}
+
+impl Admission {
+    /// Whether `event` is new (and now remembered) or a duplicate.
+    pub fn admit(&mut self, event: &Event) -> Applied {
+        let n = self.parts.len();
+        if self.parts[partition_of(&event.shop, n)].insert(super::dedup_key(event), event.ts) {
+            Applied::Accepted
+        } else {
+            Applied::Duplicate
+        }
+    }
+}
+
 /// A stable partition index for a shop.
 pub fn partition_of(shop: &ShopId, n: usize) -> usize {
     (super::dedup::fingerprint(shop.as_str(), "") as u64 % n as u64) as usize
@@ -70,6 +93,14 @@ impl Desk {
             .map(|b| Engine::restore(settings.clone(), b))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { parts, settings })
+    }
+
+    /// A copy of the partitions' duplicate decisions so far, to take the
+    /// next ones ahead of the desk (see [`Admission`]).
+    pub fn admission(&self) -> Admission {
+        Admission {
+            parts: self.parts.iter().map(|p| p.dedup().clone()).collect(),
+        }
     }
 
     /// The settings.
@@ -435,4 +466,54 @@ pub struct HistogramBucket {
     pub from_ms: u64,
     pub to_ms: u64,
     pub count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Clock;
+    use crate::protocol::AgentStatus;
+
+    fn event(k: u64) -> Event {
+        let shop = ShopId::new(&format!("s{}", k % 7));
+        let kind = if k.is_multiple_of(5) {
+            EventKind::Status {
+                agent: AgentId::new(&format!("a{}", k % 3)),
+                status: AgentStatus::Online,
+            }
+        } else {
+            EventKind::Close {
+                conversation: format!("c{k}").as_str().into(),
+            }
+        };
+        Event {
+            // Ids repeat, within a batch and across the 24 h generations.
+            id: format!("e{}", k % 40).as_str().into(),
+            ts: 1_762_790_400_000 + k as i64 * 5 * 60_000,
+            shop,
+            kind,
+        }
+    }
+
+    #[test]
+    fn admission_decides_duplicates_as_the_partitions_will() {
+        let settings = Arc::new(Settings {
+            clock: Clock::Event,
+            ..Settings::default()
+        });
+        let mut desk = Desk::new(settings, 3);
+        // Taken mid-way, as the node takes it after recovery.
+        for k in 0..50 {
+            desk.apply(&event(k));
+        }
+        let mut admission = desk.admission();
+        let mut duplicates = 0;
+        for k in 50..900 {
+            let e = event(k);
+            let decided = admission.admit(&e);
+            assert_eq!(decided, desk.apply(&e), "event {k}");
+            duplicates += usize::from(decided == Applied::Duplicate);
+        }
+        assert!(duplicates > 0 && duplicates < 850, "both outcomes occur: {duplicates}");
+    }
 }

@@ -614,7 +614,7 @@ pub struct Engine {
 pub const PREFETCH_AHEAD: usize = 8;
 
 /// The dedup key of an event: its `(shop, id)` fingerprint.
-fn dedup_key(event: &Event) -> Fingerprint {
+pub fn dedup_key(event: &Event) -> Fingerprint {
     fingerprint(event.shop.as_str(), event.id.as_str())
 }
 
@@ -722,6 +722,11 @@ impl Engine {
     /// The largest `ts` applied.
     pub fn max_ts(&self) -> Option<i64> {
         self.max_ts
+    }
+
+    /// The `(shop, id)`s this engine has accepted, for 24–48 h.
+    pub fn dedup(&self) -> &Dedup {
+        &self.dedup
     }
 
     /// Events applied (not counting duplicates).

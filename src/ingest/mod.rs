@@ -125,7 +125,7 @@ pub async fn enqueue(node: &Node, principal: &Principal, bytes: &[u8], max_bytes
     })
 }
 
-/// Waits for a queued batch to be durable and applied, and builds its ack.
+/// Waits for a queued batch to be durable (and queued for the engine), and builds its ack.
 pub async fn finish(node: &Node, queued: Queued) -> Ack {
     let counters = node.counters();
     let outcome = match queued.pending {
