@@ -246,19 +246,35 @@ impl Node {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Replayed>>(16);
             let desk = &mut desk;
             let applier = scope.spawn(move || {
+                // Events are applied as the batches they arrived in: with
+                // the wall clock each batch was logged after a clock record
+                // of its own, and the rules judged it as a whole, so a
+                // batch ends at the next clock or ack record. (Logs from
+                // before per-batch clock records group a whole commit.)
+                // With the event clock any grouping gives the same result.
+                const MAX_EVENT_CLOCK_BATCH: usize = 256;
+                let mut batch: Vec<Event> = Vec::new();
                 for chunk in rx {
                     for item in chunk {
                         match item {
                             Replayed::Event(e) => {
-                                desk.apply(&e);
+                                batch.push(e);
+                                if !wall && batch.len() >= MAX_EVENT_CLOCK_BATCH {
+                                    desk.apply_batch(&std::mem::take(&mut batch));
+                                }
                             }
                             Replayed::Ack(a) => {
+                                flush(desk, &mut batch);
                                 desk.ack_alert(&a.id, &a.by);
                             }
-                            Replayed::Clock(now) => desk.tick(now),
+                            Replayed::Clock(now) => {
+                                flush(desk, &mut batch);
+                                desk.tick(now);
+                            }
                         }
                     }
                 }
+                flush(desk, &mut batch);
             });
             let mut chunk = Vec::with_capacity(1024);
             let opened = LogWriter::open(&log_dir, from, log::DEFAULT_SEGMENT_BYTES, |_, kind, payload| {
@@ -573,11 +589,13 @@ fn log_thread(
             continue;
         }
         let clock = wall.then(wall_ms);
-        if let Some(now) = clock {
-            writer.append(RecordKind::Clock, &now.to_le_bytes());
-        }
         let mut through = Vec::with_capacity(batch.len());
         for cmd in &batch {
+            // A clock record opens each batch (wall clock), so recovery
+            // knows where a batch ends and applies it as it was applied.
+            if let Some(now) = clock {
+                writer.append(RecordKind::Clock, &now.to_le_bytes());
+            }
             match cmd {
                 LogCmd::Events { framed, events, .. } => {
                     writer.append_framed(framed, events.len() as u64);
@@ -637,6 +655,14 @@ fn log_thread(
                 LogCmd::Snapshotted(_) => unreachable!("removed above"),
             }
         }
+    }
+}
+
+/// Applies the events of one logged batch, if any.
+fn flush(desk: &mut Desk, batch: &mut Vec<Event>) {
+    if !batch.is_empty() {
+        desk.apply_batch(batch);
+        batch.clear();
     }
 }
 

@@ -872,3 +872,29 @@ async fn argon2_hashed_tokens_work_over_rest_and_websocket() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tokens[6].token_hash"), "{err}");
 }
+
+#[tokio::test]
+async fn a_restart_judges_each_logged_batch_as_it_was_judged_live() {
+    // Wall clock: a batch holding a customer's message from ten minutes ago
+    // and the reply to it leaves no wait, so the live server raises no
+    // alert. Recovery must apply the batch as one too, or its wait rules
+    // would see the message alone and raise (and resolve) an alert that
+    // never happened.
+    let dir = DataDir::new("batches");
+    let s = Server::start(&dir.0, None, "wall");
+    let ts = now_ms() - 10 * 60_000;
+    let body = format!(
+        "{}\n{}\n",
+        customer("b1", ts, "s1", "c1", "u1", Some("a1")),
+        reply("b2", ts + 60_000, "s1", "c1", "u1", "a1")
+    );
+    assert_eq!(s.post("/v1/events", None, body.as_bytes()).await.1["accepted"], 2);
+    let (_, live) = s.get("/v1/alerts?state=all", None).await;
+    assert_eq!(live["alerts"].as_array().map(Vec::len), Some(0), "{live}");
+    let parts = s.kill9();
+    let s = Server::restart(parts);
+    let (_, after) = s.get("/v1/alerts?state=all", None).await;
+    assert_eq!(after["alerts"].as_array().map(Vec::len), Some(0), "{after}");
+    let (_, stats) = s.get("/v1/agents/a1/stats", None).await;
+    assert_eq!(stats["responses"], 1);
+}
