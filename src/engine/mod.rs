@@ -142,15 +142,44 @@ pub enum Applied {
 }
 
 /// Open waits of one scope: (start ts, count), sorted by start. A scope
-/// holds a handful of waits, so a sorted vector beats a tree: the oldest
-/// is the first element, and an update touches one or two cache lines.
-/// Stored as a sequence of pairs, which is how the tree map it replaced
-/// was stored, so snapshots read either way.
+/// holds a handful of waits, so a sorted vector beats a tree, and the
+/// oldest start is kept inline: the wait rule, run after most events,
+/// reads it without following the vector. Stored as the start -> count
+/// map the tree map was, so snapshots read either way.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(from = "WaitsData", into = "WaitsData")]
 struct Waits {
+    starts: Vec<(i64, u32)>,
+    count: u64,
+    /// `starts[0].0`.
+    oldest: Option<i64>,
+}
+
+/// How [`Waits`] is stored.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct WaitsData {
     #[serde(with = "wait_starts")]
     starts: Vec<(i64, u32)>,
     count: u64,
+}
+
+impl From<WaitsData> for Waits {
+    fn from(d: WaitsData) -> Self {
+        Self {
+            oldest: d.starts.first().map(|&(s, _)| s),
+            starts: d.starts,
+            count: d.count,
+        }
+    }
+}
+
+impl From<Waits> for WaitsData {
+    fn from(w: Waits) -> Self {
+        Self {
+            starts: w.starts,
+            count: w.count,
+        }
+    }
 }
 
 impl Waits {
@@ -160,6 +189,7 @@ impl Waits {
             Err(i) => self.starts.insert(i, (start, 1)),
         }
         self.count += 1;
+        self.oldest = self.starts.first().map(|&(s, _)| s);
     }
     fn remove(&mut self, start: i64) {
         if let Ok(i) = self.starts.binary_search_by_key(&start, |&(s, _)| s) {
@@ -168,10 +198,11 @@ impl Waits {
                 self.starts.remove(i);
             }
             self.count -= 1;
+            self.oldest = self.starts.first().map(|&(s, _)| s);
         }
     }
     fn oldest(&self) -> Option<i64> {
-        self.starts.first().map(|&(s, _)| s)
+        self.oldest
     }
 }
 
