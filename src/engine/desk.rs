@@ -56,14 +56,25 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Whether `event` is new (and now remembered) or a duplicate.
+    /// Whether `event` is new (and now remembered) or a duplicate. Each set
+    /// sees what its partition's own set sees (see [`Desk::apply`]): a new
+    /// `agent.status` goes to every partition, and so moves every set's
+    /// 24 h generations alike.
     pub fn admit(&mut self, event: &Event) -> Applied {
         let n = self.parts.len();
-        if self.parts[partition_of(&event.shop, n)].insert(super::dedup_key(event), event.ts) {
-            Applied::Accepted
-        } else {
-            Applied::Duplicate
+        let owner = partition_of(&event.shop, n);
+        let key = super::dedup_key(event);
+        if !self.parts[owner].insert(key, event.ts) {
+            return Applied::Duplicate;
         }
+        if matches!(event.kind, EventKind::Status { .. }) {
+            for (i, part) in self.parts.iter_mut().enumerate() {
+                if i != owner {
+                    part.insert(key, event.ts);
+                }
+            }
+        }
+        Applied::Accepted
     }
 }
 
@@ -515,5 +526,51 @@ mod tests {
             duplicates += usize::from(decided == Applied::Duplicate);
         }
         assert!(duplicates > 0 && duplicates < 850, "both outcomes occur: {duplicates}");
+    }
+
+    #[test]
+    fn a_status_moves_the_generations_of_every_partitions_admission() {
+        const H: i64 = 3_600_000;
+        let t0 = 1_762_790_400_000;
+        let settings = Arc::new(Settings {
+            clock: Clock::Event,
+            ..Settings::default()
+        });
+        let mut desk = Desk::new(settings, 2);
+        let mut admission = desk.admission();
+        let shop_in = |part: usize| {
+            (0..)
+                .map(|i| ShopId::new(&format!("shop-{i}")))
+                .find(|s| partition_of(s, 2) == part)
+                .expect("some shop lands in each partition")
+        };
+        let (x, y) = (shop_in(0), shop_in(1));
+        let status = Event {
+            id: "st".into(),
+            ts: t0,
+            shop: x,
+            kind: EventKind::Status {
+                agent: AgentId::new("a1"),
+                status: AgentStatus::Online,
+            },
+        };
+        let close = |id: &str, ts: i64| Event {
+            id: id.into(),
+            ts,
+            shop: y.clone(),
+            kind: EventKind::Close {
+                conversation: "c".into(),
+            },
+        };
+        // The status starts partition 1's first generation at t0; "y1" is
+        // then forgotten two rotations later, at t0 + 49 h.
+        for e in [
+            status,
+            close("y1", t0 + 23 * H),
+            close("y2", t0 + 25 * H),
+            close("y1", t0 + 49 * H + H / 2),
+        ] {
+            assert_eq!(admission.admit(&e), desk.apply(&e), "{} at {}", e.id, e.ts);
+        }
     }
 }
