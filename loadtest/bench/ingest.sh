@@ -4,7 +4,8 @@
 # deskpulse as the only peer. Its events are generated and serialized
 # before the clock starts, so the load tool costs little CPU: first as many
 # events as the server takes (the max phase), then a paced phase whose ack
-# p99 is measured from each frame's intended send time.
+# p99 is measured from each frame's intended send time. Last, the server's
+# own ack-time histogram from /metrics (arrival to ack), for comparison.
 #
 #   loadtest/bench/ingest.sh                      # 3 M events, 16 WebSockets × 100, then 150 k/s for 10 s
 #   EVENTS=1000000 CONNS=16 BATCH=1 RATE=25000 RATE_DURATION=10s loadtest/bench/ingest.sh
@@ -27,3 +28,14 @@ trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$TMP
 wait_for_address "$PID" "$TMP/out" "$TMP/err"
 target/release/deskpulse-loadtest side-by-side --deskpulse "$URL" --deskpulse-pid "$PID" \
     --connections "$CONNS" --batch "$BATCH" --events "$EVENTS" --rate "$RATE" --rate-duration "$RATE_DURATION" "$@"
+# The server's own view of the same run: how many frames it acknowledged
+# within 5, 20 and 50 ms of their arrival (`deskpulse_ingest_ack_seconds`).
+curl -sf "$URL/metrics" | awk '
+  /^deskpulse_ingest_ack_seconds_bucket/ {
+    split($0, a, "le=\""); split(a[2], b, "\""); le[b[1]] = $NF
+  }
+  END {
+    t = le["+Inf"]
+    if (t > 0) printf "server side: %d frames acked, %.2f%% within 5 ms, %.2f%% within 20 ms, %.2f%% within 50 ms\n",
+      t, 100 * le["0.005"] / t, 100 * le["0.02"] / t, 100 * le["0.05"] / t
+  }'
