@@ -143,6 +143,8 @@ describe('wallboard', { timeout: 120000 }, () => {
     assert.equal(await tv.evaluate(() => document.body.classList.contains('tv')), false);
     await tv.click('#lang-toggle');
     await tv.waitForFunction(() => document.documentElement.lang === 'en');
+    // Tiles re-render on the next animation frame, not with the switch itself.
+    await tv.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'online', `${tile('a1')} .agent-status`, { timeout: 5000 });
     assert.equal(await tv.textContent(`${tile('a1')} .agent-status`), 'online');
     await tv.reload();
     await waitStatus(tv, 'live');
