@@ -420,33 +420,22 @@ impl Shop {
         ts: i64,
     ) -> (CustIx, ConvLookup<'a>) {
         let key = id_key(id.as_str());
-        let conv_key = id_key(conversation.as_str());
-        let customer_key = halves(key);
-        if let Some(&c) = self.conversation_ix.get(&conv_key) {
+        let mut at = ConvLookup {
+            id: conversation,
+            key: id_key(conversation.as_str()),
+            customer_key: halves(key),
+            found: None,
+        };
+        if let Some(&c) = self.conversation_ix.get(&at.key) {
             let conv = &self.conversations[c];
-            if conv.customer_key == customer_key {
+            if conv.customer_key == at.customer_key {
                 let cu = conv.customer;
                 self.touch_customer(cu, ts);
-                return (
-                    cu,
-                    ConvLookup {
-                        id: conversation,
-                        key: conv_key,
-                        customer_key,
-                        found: Some(c),
-                    },
-                );
+                at.found = Some(c);
+                return (cu, at);
             }
         }
-        (
-            self.customer_by_key(id, key, ts),
-            ConvLookup {
-                id: conversation,
-                key: conv_key,
-                customer_key,
-                found: None,
-            },
-        )
+        (self.customer_by_key(id, key, ts), at)
     }
 
     fn customer_by_key(&mut self, id: &CustomerId, key: IdKey, ts: i64) -> CustIx {
