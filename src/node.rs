@@ -260,7 +260,7 @@ impl Node {
                             Replayed::Event(e) => {
                                 batch.push(e);
                                 if !wall && batch.len() >= MAX_EVENT_CLOCK_BATCH {
-                                    desk.apply_batch(&std::mem::take(&mut batch));
+                                    flush(desk, &mut batch);
                                 }
                             }
                             Replayed::Ack(a) => {
