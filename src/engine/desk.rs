@@ -57,9 +57,8 @@ pub struct Admission {
 
 impl Admission {
     /// Whether `event` is new (and now remembered) or a duplicate. Each set
-    /// sees what its partition's own set sees (see [`Desk::apply`]): a new
-    /// `agent.status` goes to every partition, and so moves every set's
-    /// 24 h generations alike.
+    /// records what its partition's own set records, so their 24 h
+    /// generations move alike: a new `agent.status` reaches every set.
     pub fn admit(&mut self, event: &Event) -> Applied {
         let n = self.parts.len();
         let owner = partition_of(&event.shop, n);
@@ -67,7 +66,7 @@ impl Admission {
         if !self.parts[owner].insert(key, event.ts) {
             return Applied::Duplicate;
         }
-        if matches!(event.kind, EventKind::Status { .. }) {
+        if reaches_every_partition(event) {
             for (i, part) in self.parts.iter_mut().enumerate() {
                 if i != owner {
                     part.insert(key, event.ts);
@@ -76,6 +75,13 @@ impl Admission {
         }
         Applied::Accepted
     }
+}
+
+/// Whether an event, once its own partition accepted it, is applied in
+/// every other partition too: a new `agent.status` holds in every shop.
+/// The desk ([`Desk::apply`]) and its [`Admission`] both route by this.
+fn reaches_every_partition(event: &Event) -> bool {
+    matches!(event.kind, EventKind::Status { .. })
 }
 
 /// A stable partition index for a shop.
@@ -155,7 +161,7 @@ impl Desk {
         let n = self.parts.len();
         let owner = partition_of(&event.shop, n);
         let applied = self.parts[owner].apply_deferred(event);
-        if applied == Applied::Accepted && matches!(event.kind, EventKind::Status { .. }) && n > 1 {
+        if applied == Applied::Accepted && reaches_every_partition(event) && n > 1 {
             for (i, p) in self.parts.iter_mut().enumerate() {
                 if i != owner {
                     p.apply_deferred(event);
