@@ -114,30 +114,30 @@ impl FlatSet {
         ((fp >> 64) as usize) & (size - 1)
     }
 
-    /// Whether `table` holds `fp` (not 0).
-    fn probe(table: &[Fingerprint], fp: Fingerprint) -> bool {
-        if table.is_empty() {
-            return false;
-        }
+    /// Where `fp` (not 0) is in `table` (`Ok`), or the empty slot where it
+    /// would go (`Err`); `table` is not empty and never full.
+    fn find(table: &[Fingerprint], fp: Fingerprint) -> Result<usize, usize> {
         let mask = table.len() - 1;
         let mut i = Self::home(fp, table.len());
         loop {
             match table[i] {
-                0 => return false,
-                x if x == fp => return true,
+                0 => return Err(i),
+                x if x == fp => return Ok(i),
                 _ => i = (i + 1) & mask,
             }
         }
     }
 
+    /// Whether `table` holds `fp` (not 0).
+    fn probe(table: &[Fingerprint], fp: Fingerprint) -> bool {
+        !table.is_empty() && Self::find(table, fp).is_ok()
+    }
+
     /// Puts `fp`, known to be absent, into `table`, which has room.
     fn place(table: &mut [Fingerprint], fp: Fingerprint) {
-        let mask = table.len() - 1;
-        let mut i = Self::home(fp, table.len());
-        while table[i] != 0 {
-            i = (i + 1) & mask;
+        if let Err(i) = Self::find(table, fp) {
+            table[i] = fp;
         }
-        table[i] = fp;
     }
 
     fn contains(&self, fp: Fingerprint) -> bool {
