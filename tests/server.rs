@@ -219,12 +219,7 @@ async fn every_role_is_allowed_or_refused() {
     assert_eq!(a3["shops"], json!(["s1"]));
     // Listing is filtered, never refused.
     let (_, list) = s.get("/v1/agents", Some("sup-t1-token")).await;
-    let names: Vec<&str> = list["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["agent"].as_str().unwrap())
-        .collect();
+    let names = agent_names(&list);
     assert_eq!(names, vec!["a1", "a2"]);
     // Writing: supervisors and agents may not send events; ingest may not read.
     for token in ["sup-t1-token", "agent-a1-token", "shop-s1-token"] {
@@ -286,12 +281,7 @@ async fn stream_is_scoped_snapshot_then_updates() {
     let snap = wait_for(&mut sup, T, |v| v["type"] == "snapshot")
         .await
         .expect("snapshot");
-    let names: Vec<&str> = snap["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["agent"].as_str().unwrap())
-        .collect();
+    let names = agent_names(&snap);
     assert_eq!(names, vec!["a1", "a2"], "team t1 only");
     assert!(snap["desk"].is_null());
     let snap = wait_for(&mut agent, T, |v| v["type"] == "snapshot")
@@ -840,12 +830,7 @@ async fn argon2_hashed_tokens_work_over_rest_and_websocket() {
     let snap = wait_for(&mut ws, T, |v| v["type"] == "snapshot")
         .await
         .expect("snapshot");
-    let names: Vec<&str> = snap["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["agent"].as_str().unwrap())
-        .collect();
+    let names = agent_names(&snap);
     assert_eq!(names, vec!["a1", "a2"], "team t1 only");
     assert!(
         s.ws_with(

@@ -314,3 +314,13 @@ pub fn customer(id: &str, ts: i64, shop: &str, conv: &str, cust: &str, agent: Op
 pub fn reply(id: &str, ts: i64, shop: &str, conv: &str, cust: &str, agent: &str) -> String {
     serde_json::json!({"id": id, "type": "chat.agent", "ts": ts, "shop": shop, "conversation": conv, "customer": cust, "agent": agent}).to_string()
 }
+
+/// The `agent` ids of an `agents` list (REST listing or stream snapshot).
+pub fn agent_names(v: &serde_json::Value) -> Vec<&str> {
+    v["agents"]
+        .as_array()
+        .expect("an agents array")
+        .iter()
+        .map(|a| a["agent"].as_str().expect("an agent id"))
+        .collect()
+}
