@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -93,6 +94,13 @@ impl Server {
             stop.cancel();
         });
         let graceful = cancel.clone();
+        // Acks and pushes are small writes: without TCP_NODELAY one that
+        // follows another waits for the peer's delayed ACK (up to 40 ms).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY on a connection");
+            }
+        });
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { graceful.cancelled().await })
             .await?;
