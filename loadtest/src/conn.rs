@@ -239,7 +239,7 @@ pub async fn ws_ingest(
     window: Window,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
-    let (ws, _) = tokio_tungstenite::connect_async(ws_request(&url, token.as_deref())?)
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(ws_request(&url, token.as_deref())?, None, true)
         .await
         .with_context(|| format!("connecting {url}"))?;
     let (mut sink, mut stream) = ws.split();
