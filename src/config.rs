@@ -374,7 +374,6 @@ min_samples = 3
 
 [alerts.shops.shop-a]
 norm_ms = 45000
-clear_ms = 40000
 
 [teams.night-shift]
 agents = ["a1", "a2"]
@@ -386,9 +385,38 @@ teams = ["night-shift"]
 "#;
         let c = Config::parse(text, "test").unwrap();
         let s = c.settings(Clock::Wall);
-        assert_eq!(s.thresholds_for(None, &ShopId::new("shop-a")).norm_ms, 45_000);
-        assert_eq!(s.thresholds_for(None, &ShopId::new("shop-b")).norm_ms, 60_000);
+        let a = s.thresholds_for(None, &ShopId::new("shop-a"));
+        assert_eq!((a.norm_ms, a.clear_ms, a.critical_ms), (45_000, 37_500, 100_000));
+        assert_eq!(s.thresholds_for(None, &ShopId::new("shop-b")), Thresholds::default());
         assert_eq!(s.teams_of(&AgentId::new("a2")), vec![TeamId::new("night-shift")]);
+    }
+
+    #[test]
+    fn an_override_of_norm_ms_alone_keeps_the_other_thresholds_in_proportion() {
+        let c = Config::parse(
+            "[alerts.shops.slow]\nnorm_ms = 120000\n[alerts.shops.strict]\nnorm_ms = 20000\n",
+            "test",
+        )
+        .unwrap();
+        let s = c.settings(Clock::Wall);
+        // Raised past critical_ms: critical keeps its 10:6 ratio; clear and
+        // target, already below, are inherited as they are.
+        let slow = s.thresholds_for(None, &ShopId::new("slow"));
+        assert_eq!(
+            (slow.target_ms, slow.clear_ms, slow.critical_ms),
+            (30_000, 50_000, 200_000)
+        );
+        // Lowered past target and clear: both keep their ratio to norm.
+        let strict = s.thresholds_for(None, &ShopId::new("strict"));
+        assert_eq!(
+            (strict.target_ms, strict.clear_ms, strict.critical_ms),
+            (10_000, 16_666, 100_000)
+        );
+        // A key the user wrote is never changed: a conflict is an error.
+        let e = Config::parse("[alerts.shops.x]\nnorm_ms = 45000\nclear_ms = 50000", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("alerts.shops.x.clear_ms"), "{e}");
     }
 
     #[test]

@@ -61,12 +61,30 @@ pub struct ThresholdOverride {
 
 impl ThresholdOverride {
     /// `base` with these overrides applied.
+    ///
+    /// A key left out is inherited, unless the override moves `norm_ms`
+    /// past it: then it keeps its proportion to `norm_ms` instead. So
+    /// `norm_ms = 45000` alone over the defaults resolves at 37 500 (not
+    /// the inherited 50 000, which would resolve an alert as it is raised).
     pub fn apply(&self, base: Thresholds) -> Thresholds {
+        let norm_ms = self.norm_ms.unwrap_or(base.norm_ms);
+        let scaled = |v: u64| (u128::from(v) * u128::from(norm_ms) / u128::from(base.norm_ms.max(1))) as u64;
+        let below_norm = |given: Option<u64>, inherited: u64| {
+            given.unwrap_or(if inherited > norm_ms {
+                scaled(inherited)
+            } else {
+                inherited
+            })
+        };
         Thresholds {
-            target_ms: self.target_ms.unwrap_or(base.target_ms),
-            norm_ms: self.norm_ms.unwrap_or(base.norm_ms),
-            clear_ms: self.clear_ms.unwrap_or(base.clear_ms),
-            critical_ms: self.critical_ms.unwrap_or(base.critical_ms),
+            target_ms: below_norm(self.target_ms, base.target_ms),
+            norm_ms,
+            clear_ms: below_norm(self.clear_ms, base.clear_ms),
+            critical_ms: self.critical_ms.unwrap_or(if base.critical_ms < norm_ms {
+                scaled(base.critical_ms)
+            } else {
+                base.critical_ms
+            }),
             min_samples: self.min_samples.unwrap_or(base.min_samples),
         }
     }
