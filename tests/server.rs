@@ -252,6 +252,25 @@ async fn every_role_is_allowed_or_refused() {
         .expect("subprotocol token");
     let snap = next_json(&mut ws, T).await.unwrap();
     assert_eq!(snap["agents"][0]["agent"], "a1");
+    // Or as the pair `bearer, <token>`, or alone. The client library refuses
+    // a handshake whose answer is not one of the offered subprotocols, so
+    // each success also checks the echo.
+    for offered in ["bearer, agent-a1-token", "agent-a1-token"] {
+        let mut ws = s
+            .ws_with("/v1/stream", &[("sec-websocket-protocol", offered)])
+            .await
+            .unwrap_or_else(|e| panic!("{offered}: {e}"));
+        let snap = next_json(&mut ws, T).await.unwrap();
+        assert_eq!(snap["agents"][0]["agent"], "a1", "{offered}");
+    }
+    for offered in ["bearer.not-a-token", "deskpulse", "not-a-token"] {
+        assert!(
+            s.ws_with("/v1/stream", &[("sec-websocket-protocol", offered)])
+                .await
+                .is_err(),
+            "{offered}"
+        );
+    }
     // The token may also come as a cookie.
     let (status, _) = http(
         &s.addr,

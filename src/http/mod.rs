@@ -132,15 +132,33 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Tokens offered as WebSocket subprotocols: `bearer.<token>` entries.
+/// A token offered in `Sec-WebSocket-Protocol` (a browser cannot set
+/// `Authorization` on a WebSocket): an entry `bearer.<token>`, the pair
+/// `bearer, <token>`, or the token as the only entry besides `deskpulse`.
+/// Returns the entry to echo back (a browser requires one of its own) and
+/// the token.
 fn protocol_token(headers: &HeaderMap) -> Option<(String, String)> {
-    headers
+    let offered: Vec<&str> = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)?
         .to_str()
         .ok()?
         .split(',')
         .map(str::trim)
-        .find_map(|p| p.strip_prefix("bearer.").map(|t| (p.to_owned(), t.to_owned())))
+        .filter(|p| !p.is_empty())
+        .collect();
+    if let Some(found) = offered
+        .iter()
+        .find_map(|p| p.strip_prefix("bearer.").map(|t| ((*p).to_owned(), t.to_owned())))
+    {
+        return Some(found);
+    }
+    if let Some(i) = offered.iter().position(|p| p.eq_ignore_ascii_case("bearer")) {
+        return offered.get(i + 1).map(|t| (offered[i].to_owned(), (*t).to_owned()));
+    }
+    match offered.iter().filter(|p| **p != "deskpulse").collect::<Vec<_>>()[..] {
+        [token] => Some(((*token).to_owned(), (*token).to_owned())),
+        _ => None,
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -150,7 +168,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Who is calling: from the `Authorization` header, the `deskpulse_token`
-/// cookie, or (WebSockets) a `bearer.<token>` subprotocol. Argon2-hashed
+/// cookie, or (WebSockets) a subprotocol ([`protocol_token`]). Argon2-hashed
 /// tokens are verified off the executor ([`Tokens::authenticate`]).
 pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
     if app.open {
