@@ -4,8 +4,12 @@ mod support;
 
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use support::*;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -167,6 +171,29 @@ async fn bad_input_is_named_and_the_rest_is_kept() {
     assert_eq!(ack["rejected"][0]["index"], 0);
     let (status, _) = s.get("/healthz", None).await;
     assert_eq!(status, 200);
+
+    // A text frame that is not UTF-8 cannot be read as a text frame at all
+    // (RFC 6455): earlier frames are acked, then the socket closes with
+    // 1007 naming the frame. The same bytes as a binary frame get an answer
+    // per event.
+    let mut ws = s.ws("/v1/ingest", Some("ingest-token")).await.unwrap();
+    let mut raw = customer("in-binary", ts, "s1", "c8", "u8", None).into_bytes();
+    raw.extend_from_slice(b"\n{\"id\":\"x\xff\"}");
+    ws.send(Message::Binary(raw.into())).await.unwrap();
+    let ack = next_json(&mut ws, T).await.unwrap();
+    assert_eq!(ack["accepted"], 1, "{ack}");
+    assert_eq!(ack["rejected"][0]["index"], 1, "{ack}");
+    assert!(ack["rejected"][0]["error"].as_str().unwrap().contains("UTF-8"), "{ack}");
+    send(&mut ws, customer("before-bad-text", ts, "s1", "c7", "u7", None)).await;
+    let mut raw = customer("in-bad-text", ts, "s1", "c8", "u8", None).into_bytes();
+    raw.extend_from_slice(b"\n{\"id\":\"x\xff\"}");
+    let frame = Frame::message(raw, OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    let ack = next_json(&mut ws, T).await.unwrap();
+    assert_eq!((ack["seq"].as_u64(), ack["accepted"].as_u64()), (Some(2), Some(1)));
+    let close = close_frame(&mut ws, T).await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1007, "{close:?}");
+    assert!(close.reason.contains("frame 3"), "{close:?}");
 }
 
 #[tokio::test]

@@ -176,6 +176,8 @@ where
     let mut seq = 0u64;
     let mut pending = FuturesOrdered::new();
     let mut closing = false;
+    // Why the client's side broke, told in the close frame.
+    let mut broken: Option<CloseFrame> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled(), if !closing => closing = true,
@@ -192,7 +194,12 @@ where
                     pending.push_back(frame(node.clone(), seq, queued));
                 }
                 Some(Ok(_)) => {} // ping/pong: the socket answers pings itself
-                Some(Err(_)) | None => closing = true, // acks of frames already in flight still go out
+                // Acks of frames already in flight still go out.
+                Some(Err(e)) => {
+                    broken = Some(close_for(e, seq + 1));
+                    closing = true;
+                }
+                None => closing = true,
             },
             Some(ack) = pending.next() => {
                 if sink.send(Message::Text(Utf8Bytes::from(ack))).await.is_err() {
@@ -205,13 +212,30 @@ where
             break;
         }
     }
-    if shutdown.is_cancelled() {
-        let close = Message::Close(Some(CloseFrame {
+    let close = broken.or_else(|| {
+        shutdown.is_cancelled().then(|| CloseFrame {
             code: 1001,
             reason: Utf8Bytes::from_static("server shutting down"),
-        }));
+        })
+    });
+    if let Some(close) = close {
         // The client may be gone already; the close frame is a courtesy.
-        sink.send(close).await.ok();
+        sink.send(Message::Close(Some(close))).await.ok();
+    }
+}
+
+/// The close frame for a frame the WebSocket layer could not read: frame
+/// `seq` and any after it were not taken.
+fn close_for(e: axum::Error, seq: u64) -> CloseFrame {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    let (code, why) = match e.into_inner().downcast::<Error>().map(|e| *e) {
+        Ok(Error::Utf8(_)) => (1007, "is not valid UTF-8 (send raw bytes as a binary frame)"),
+        Ok(Error::Capacity(CapacityError::MessageTooLong { .. })) => (1009, "is over 16 MiB"),
+        _ => (1002, "could not be read"),
+    };
+    CloseFrame {
+        code,
+        reason: Utf8Bytes::from(format!("frame {seq} {why}; it and later frames were not taken")),
     }
 }
 

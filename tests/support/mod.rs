@@ -289,6 +289,20 @@ pub async fn wait_for(ws: &mut Ws, timeout: Duration, pred: impl Fn(&Value) -> b
 }
 
 /// Sends one text frame.
+/// Reads until the server's close frame (skipping other frames), within
+/// `timeout`; `None` if the socket ends without one.
+pub async fn close_frame(
+    ws: &mut Ws,
+    timeout: Duration,
+) -> Option<tokio_tungstenite::tungstenite::protocol::CloseFrame> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Message::Close(close) = tokio::time::timeout_at(deadline, ws.next()).await.ok()??.ok()? {
+            return close;
+        }
+    }
+}
+
 pub async fn send(ws: &mut Ws, text: String) {
     ws.send(Message::Text(text.into())).await.expect("send frame");
 }
