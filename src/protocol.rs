@@ -328,11 +328,101 @@ fn parse_array(bytes: &[u8], unknown: UnknownFields, batch: &mut Batch) {
                 push(batch, index, raw, unknown);
             }
         }
-        Err(e) => batch.rejected.push(Rejection {
-            index: None,
-            id: None,
-            error: format!("the array is not well-formed JSON, no event taken: {e}"),
-        }),
+        Err(e) => match std::str::from_utf8(bytes).err().and_then(|_| split_array(bytes)) {
+            // Bad bytes inside some items: the others are still taken.
+            Some(items) => {
+                for (index, item) in items.into_iter().enumerate() {
+                    parse_item(index, item, unknown, batch);
+                }
+            }
+            None => batch.rejected.push(Rejection {
+                index: None,
+                id: None,
+                error: format!("the array is not well-formed JSON, no event taken: {e}"),
+            }),
+        },
+    }
+}
+
+/// The items of the JSON array `bytes` (starting at its `[`), found from
+/// its structure alone (strings, escapes, nesting), so an array with bad
+/// UTF-8 in some items can be read item by item; `None` if the structure
+/// itself is broken.
+fn split_array(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut items = Vec::new();
+    let (mut depth, mut in_string, mut escaped, mut start) = (0usize, false, false, 1);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => depth += 1,
+            b',' if depth == 1 => {
+                items.push(&bytes[start..i]);
+                start = i + 1;
+            }
+            b']' | b'}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    let last = &bytes[start..i];
+                    if !(items.is_empty() && last.iter().all(u8::is_ascii_whitespace)) {
+                        items.push(last);
+                    }
+                    let rest_blank = bytes[i + 1..].iter().all(u8::is_ascii_whitespace);
+                    return (b == b']' && rest_blank).then_some(items);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Parses one NDJSON line or array item at `index`.
+fn parse_item(index: usize, item: &[u8], unknown: UnknownFields, batch: &mut Batch) {
+    match std::str::from_utf8(item) {
+        Err(e) => batch.rejected.push(bad_utf8(index, item, e.valid_up_to())),
+        Ok(text) => match serde_json::from_str::<RawEvent<'_>>(text) {
+            Ok(raw) => push(batch, index, raw, unknown),
+            Err(e) => batch.rejected.push(Rejection {
+                index: Some(index),
+                id: None,
+                error: format!("malformed JSON: {e}"),
+            }),
+        },
+    }
+}
+
+/// The rejection of an item that is not UTF-8 from byte `at`: it names the
+/// field whose text holds the bad bytes (from a lossy reading of the item)
+/// and the event's id if that is intact.
+fn bad_utf8(index: usize, item: &[u8], at: usize) -> Rejection {
+    let lossy = String::from_utf8_lossy(item);
+    let fields: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&lossy).ok();
+    let damaged = |text: &str| text.contains(char::REPLACEMENT_CHARACTER);
+    let field = fields.as_ref().and_then(|m| {
+        m.iter()
+            .find(|(k, v)| damaged(k) || v.as_str().is_some_and(damaged))
+            .map(|(k, _)| k.clone())
+    });
+    let id = fields
+        .as_ref()
+        .and_then(|m| m.get("id")?.as_str().filter(|id| !damaged(id)).map(str::to_owned));
+    let error = match field {
+        Some(f) => format!("field `{f}`: not valid UTF-8 (byte {at} of the event)"),
+        None => format!("not valid UTF-8 (byte {at} of the event)"),
+    };
+    Rejection {
+        index: Some(index),
+        id,
+        error,
     }
 }
 
@@ -343,21 +433,7 @@ fn parse_ndjson(bytes: &[u8], unknown: UnknownFields, batch: &mut Batch) {
         if line.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
-        match std::str::from_utf8(line) {
-            Err(e) => batch.rejected.push(Rejection {
-                index: Some(index),
-                id: None,
-                error: format!("line is not valid UTF-8 (byte {})", e.valid_up_to()),
-            }),
-            Ok(text) => match serde_json::from_str::<RawEvent<'_>>(text) {
-                Ok(raw) => push(batch, index, raw, unknown),
-                Err(e) => batch.rejected.push(Rejection {
-                    index: Some(index),
-                    id: None,
-                    error: format!("malformed JSON: {e}"),
-                }),
-            },
-        }
+        parse_item(index, line, unknown, batch);
         index += 1;
     }
 }
@@ -925,7 +1001,32 @@ mod tests {
         assert_eq!(batch.events.len(), 2);
         assert_eq!(batch.rejected.len(), 1);
         assert_eq!(batch.rejected[0].index, Some(1));
-        assert!(batch.rejected[0].error.contains("UTF-8"));
+        assert_eq!(
+            batch.rejected[0].error,
+            "field `id`: not valid UTF-8 (byte 8 of the event)"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_in_an_array_item_rejects_that_item_alone() {
+        let good = |id: &str| {
+            format!(r#"{{"id":"{id}","type":"conversation.close","ts":1,"shop":"s","conversation":"c, [x]"}}"#)
+        };
+        let mut body = format!("[ {},\n", good("a")).into_bytes();
+        body.extend_from_slice(b"{\"id\":\"b\",\"type\":\"chat.customer\",\"customer\":\"\xff\\\"\"}, ");
+        body.extend_from_slice(format!("{} ]", good("c")).as_bytes());
+        let batch = parse_batch(&body, UnknownFields::Warn);
+        let ids: Vec<(usize, &str)> = batch.events.iter().map(|(i, e)| (*i, e.id.as_str())).collect();
+        assert_eq!(ids, vec![(0, "a"), (2, "c")]);
+        assert_eq!(batch.rejected.len(), 1);
+        let r = &batch.rejected[0];
+        assert_eq!((r.index, r.id.as_deref()), (Some(1), Some("b")));
+        assert!(r.error.starts_with("field `customer`: not valid UTF-8"), "{}", r.error);
+        // A broken structure still refuses the whole array, saying so.
+        let batch = parse_batch(b"[{\"id\":\"\xff\"", UnknownFields::Warn);
+        assert_eq!(batch.rejected.len(), 1);
+        assert_eq!(batch.rejected[0].index, None);
+        assert!(batch.events.is_empty());
     }
 
     #[test]
