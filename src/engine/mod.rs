@@ -32,7 +32,9 @@ use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, 
 pub const ATTRIBUTION_MS: i64 = 24 * 3_600_000;
 /// Agent messages remembered per customer for order attribution.
 pub const RECENT_AGENT_MESSAGES: usize = 8;
-/// A conversation with no event for this long is forgotten (its wait dropped), ms.
+/// A conversation with no event for this long, and no open wait, is
+/// forgotten, ms. One with an open wait is kept until it is closed or its
+/// customer flagged: a customer nobody answered is still waiting.
 pub const CONVERSATION_IDLE_MS: i64 = 24 * 3_600_000;
 /// Customer marks older than this are forgotten (beyond every window), ms.
 pub const MARK_RETENTION_MS: i64 = 26 * 3_600_000;
@@ -1314,7 +1316,7 @@ impl Engine {
             let mut idle: Vec<ConversationId> = shop
                 .conversations
                 .iter()
-                .filter(|(_, c)| c.last_ts <= now - CONVERSATION_IDLE_MS)
+                .filter(|(_, c)| c.last_ts <= now - CONVERSATION_IDLE_MS && c.wait_start.is_none())
                 .map(|(_, c)| c.id.clone())
                 .collect();
             idle.sort();

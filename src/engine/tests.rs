@@ -793,29 +793,52 @@ fn the_hourly_clean_up_is_spread_over_ticks_a_few_shops_each() {
     let mut d = Desk::with(settings(Clock::Wall));
     let shops = 3 * MAINTAIN_SHOPS_PER_TICK as usize - 4;
     for i in 0..shops {
-        d.customer_in(&format!("s{i:02}"), T0, &format!("k{i}"), "u", None);
+        let shop = format!("s{i:02}");
+        d.customer_in(&shop, T0, &format!("k{i}"), "u", Some("a1"));
+        d.reply_in(&shop, T0 + S, &format!("k{i}"), "u", "a1", false);
     }
-    d.engine.tick(T0);
-    let queued = |d: &Desk| {
-        (0..shops)
-            .filter(|i| {
-                d.engine
-                    .shop_acc(&format!("s{i:02}").as_str().into(), Window::Today)
-                    .unwrap()
-                    .1
-                    .queued
-                    > 0
-            })
-            .count()
-    };
-    assert_eq!(queued(&d), shops);
+    d.engine.tick(T0 + S);
+    let conversations = |d: &Desk| d.engine.census().conversations;
+    assert_eq!(conversations(&d), shops);
     // A day later every conversation is idle; each tick cleans 8 shops.
     let later = T0 + 25 * 3_600_000;
     d.engine.tick(later);
-    assert_eq!(queued(&d), shops - MAINTAIN_SHOPS_PER_TICK as usize);
+    assert_eq!(conversations(&d), shops - MAINTAIN_SHOPS_PER_TICK as usize);
     d.engine.tick(later + 1);
     d.engine.tick(later + 2);
-    assert_eq!(queued(&d), 0, "the pass is done after three ticks");
+    assert_eq!(conversations(&d), 0, "the pass is done after three ticks");
+    assert_eq!(d.stats("a1", Window::Today).live.open_conversations, 0);
+    d.engine.assert_consistent();
+}
+
+#[test]
+fn a_wait_is_dropped_only_by_a_close_or_a_flag_never_by_time() {
+    let mut d = Desk::with(settings(Clock::Wall));
+    d.customer(T0, "k1", "u1", Some("a1"));
+    d.customer(T0, "k2", "u2", None);
+    // Thirty hours on, with clean-up passes in between, both still wait.
+    let later = T0 + 30 * 3_600_000;
+    for h in 1..=30 {
+        d.engine.tick(T0 + h * 3_600_000);
+        d.engine.tick(T0 + h * 3_600_000 + 1);
+        d.engine.tick(T0 + h * 3_600_000 + 2);
+    }
+    let a1 = d.stats("a1", Window::Today);
+    assert_eq!((a1.live.waiting, a1.live.oldest_wait_ms), (1, 30 * 3_600_000 + 2));
+    let shop = d.engine.shop_acc(&"s1".into(), Window::Today).unwrap().1;
+    assert_eq!(shop.queued, 1);
+    let active = d.engine.active_alerts();
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(
+        (active[0].rule, active[0].severity),
+        (Rule::CustomerWaiting, Severity::Critical)
+    );
+    // The late reply is one exact 30-hour sample, percentiles included.
+    d.reply(later, "k1", "u1", "a1");
+    let a1 = d.stats("a1", Window::Today);
+    assert_eq!(a1.metrics.responses, 1);
+    assert_eq!(a1.metrics.max_ms, Some(30 * 3_600_000));
+    assert_eq!(a1.metrics.p50_ms, Some(30 * 3_600_000));
     d.engine.assert_consistent();
 }
 

@@ -10,8 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use super::day::Day;
 
-/// Response times at or above this are recorded at this value (24 h).
-pub const MAX_TRACKED_MS: u64 = 86_400_000;
+/// Response times at or above this are recorded at this value (30 days:
+/// a weekend or a holiday without an answer is still measured exactly).
+pub const MAX_TRACKED_MS: u64 = 30 * 86_400_000;
+/// The histogram's unit, ms: below 64 × 256 ms it is exact to 64 ms,
+/// above it to 1/128 of the value, inside the protocol's "1 % or 100 ms,
+/// whichever is larger", and 20 % smaller than 1 ms units would be.
+pub const HIST_UNIT_MS: u64 = 64;
 /// Samples kept raw (exact percentiles) before spilling into a histogram.
 pub const RAW_LIMIT: usize = 512;
 /// The longest rolling window.
@@ -103,7 +108,7 @@ impl Range {
 }
 
 /// A distribution of response times: exact while small, an HdrHistogram
-/// (1 ms .. 24 h, 2 significant figures, u32 counts) once large.
+/// (64 ms .. 30 days, 2 significant figures, u32 counts) once large.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(into = "DistData", from = "DistData")]
 pub struct Dist {
@@ -146,13 +151,13 @@ impl From<DistData> for Dist {
 
 fn new_hist() -> Box<Histogram<u32>> {
     Box::new(
-        Histogram::new_with_bounds(1, MAX_TRACKED_MS, 2)
-            .expect("static bounds 1..24h with 2 significant figures are valid"),
+        Histogram::new_with_bounds(HIST_UNIT_MS, MAX_TRACKED_MS, 2)
+            .expect("static bounds 64 ms..30 days with 2 significant figures are valid"),
     )
 }
 
 impl Dist {
-    /// Records one sample in ms (saturating at 24 h).
+    /// Records one sample in ms (saturating at 30 days).
     pub fn record(&mut self, ms: u64) {
         let ms = ms.min(MAX_TRACKED_MS);
         match &mut self.hist {
@@ -616,13 +621,15 @@ mod tests {
         let mut x: u64 = 12345;
         for _ in 0..20_000 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let v = (x >> 33) % 300_000;
+            // Seconds, minutes, hours and days, up to 23 days.
+            let span = [1_000, 300_000, 20_000_000, 2_000_000_000][(x >> 20) as usize % 4];
+            let v = (x >> 33) % span;
             d.record(v);
             exact.push(v);
         }
         assert!(d.hist.is_some(), "spilled into the histogram");
         exact.sort_unstable();
-        for q in [0.5, 0.9, 0.99] {
+        for q in [0.05, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.99, 0.999, 1.0] {
             let want = exact[((q * exact.len() as f64).ceil() as usize) - 1];
             let got = d.quantiles([q])[0].unwrap();
             let tol = (want as f64 * 0.01).max(100.0);
