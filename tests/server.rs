@@ -244,6 +244,9 @@ async fn every_role_is_allowed_or_refused() {
     let (_, a3) = s.get("/v1/agents/a3/stats", Some("shop-s1-token")).await;
     assert_eq!(a3["customers"], 1, "only the s1 customer: {a3}");
     assert_eq!(a3["shops"], json!(["s1"]));
+    assert_eq!(a3["shop"], "s1", "the slice names its shop");
+    let (_, a3) = s.get("/v1/agents/a3/stats", Some("admin-token")).await;
+    assert_eq!(a3["shop"], Value::Null, "the whole agent: {a3}");
     // Listing is filtered, never refused.
     let (_, list) = s.get("/v1/agents", Some("sup-t1-token")).await;
     let names = agent_names(&list);

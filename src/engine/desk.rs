@@ -265,16 +265,22 @@ impl Desk {
         };
         let (acc, live) = self.agent_acc(agent, window, &filter);
         let now = self.now();
-        let shops = self
+        let shops: Vec<ShopId> = self
             .shops_of(agent)
             .into_iter()
             .filter(|s| filter.as_ref().is_none_or(|f| f.contains(s)))
             .collect();
+        // A slice of one shop names it, asked for or not (a merchant's view).
+        let shop = match (shop, &filter, &shops[..]) {
+            (Some(s), _, _) => Some(s.clone()),
+            (None, Some(_), [only]) => Some(only.clone()),
+            _ => None,
+        };
         AgentStats {
             agent: agent.clone(),
             window,
             now,
-            shop: shop.cloned(),
+            shop,
             shops,
             teams: self.settings.teams_of(agent),
             metrics: acc.metrics(),
