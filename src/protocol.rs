@@ -476,6 +476,8 @@ enum Loose<'a> {
     Str(Cow<'a, str>),
     Int(i128),
     Float,
+    /// A whole number beyond 64 bits (JSON parsers read it as a float).
+    HugeInt,
     Bool(bool),
     Null,
     Array,
@@ -488,6 +490,7 @@ impl Loose<'_> {
             Loose::Str(_) => "a string",
             Loose::Int(_) => "an integer",
             Loose::Float => "a non-integer number",
+            Loose::HugeInt => "an integer out of range",
             Loose::Bool(_) => "a boolean",
             Loose::Null => "null",
             Loose::Array => "an array",
@@ -525,8 +528,13 @@ impl<'de> Visitor<'de> for LooseVisitor {
     fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
         Ok(Loose::Int(v.into()))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Loose::Float)
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        // serde_json hands 2^70 and 1e30 over as floats.
+        Ok(if v.fract() == 0.0 && v.abs() >= 9.2e18 {
+            Loose::HugeInt
+        } else {
+            Loose::Float
+        })
     }
     fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
         Ok(Loose::Bool(v))
@@ -1027,6 +1035,17 @@ mod tests {
         assert_eq!(batch.rejected.len(), 1);
         assert_eq!(batch.rejected[0].index, None);
         assert!(batch.events.is_empty());
+    }
+
+    #[test]
+    fn a_number_beyond_64_bits_is_named_out_of_range() {
+        let body = br#"{"id":"o","type":"order.paid","ts":1,"shop":"s","order":"x","customer":"u","amount":1180591620717411303424}"#;
+        let batch = parse_batch(body, UnknownFields::Warn);
+        let error = &batch.rejected[0].error;
+        assert!(
+            error.starts_with("field `amount`") && error.contains("out of range"),
+            "{error}"
+        );
     }
 
     #[test]
