@@ -34,7 +34,7 @@ enum Command {
     /// Run one node: ingest, durable log, stats API, live stream, dashboards.
     Serve {
         /// Address to listen on; without tokens in the config only loopback is allowed.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_listen)]
         listen: SocketAddr,
         /// Where the event log lives.
         #[arg(long, default_value = "deskpulse-data")]
@@ -84,6 +84,23 @@ fn parse_clock(s: &str) -> Result<Clock, String> {
         "event" => Ok(Clock::Event),
         _ => Err(format!("unknown clock `{s}` (wall, event)")),
     }
+}
+
+/// `IP:PORT`, or `HOST:PORT` resolved once at start (`localhost:8080`);
+/// a name with several addresses takes the first IPv4 one.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| format!("`{s}` is not an address like 127.0.0.1:8080 or localhost:8080 ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
 }
 
 fn parse_window(s: &str) -> Result<Window, String> {

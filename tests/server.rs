@@ -622,6 +622,25 @@ async fn open_default_refuses_a_network_address() {
 }
 
 #[tokio::test]
+async fn a_host_name_listen_address_is_resolved() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"))
+        .args(["serve", "--listen", "localhost:0", "--data-dir"])
+        .arg(DataDir::new("localhost").0.join("d"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    child.kill().ok();
+    child.wait().ok();
+    assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
+}
+
+#[tokio::test]
 async fn check_config_names_the_bad_key() {
     let dir = DataDir::new("cfg");
     let p = dir.0.join("bad.toml");
