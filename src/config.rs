@@ -248,15 +248,28 @@ impl Config {
                 return Err(invalid(format!("teams.{team}.agents"), format!("bad agent id `{a}`")));
             }
         }
+        // Which entry holds each clear or sha256 token: one token, one role.
+        let mut first_with: HashMap<auth::TokenDigest, usize> = HashMap::new();
         for (i, t) in self.tokens.iter().enumerate() {
             let key = format!("tokens[{i}]");
-            if let Err((field, reason)) = auth::secret_of(t) {
-                let at = if field.is_empty() {
-                    key
-                } else {
-                    format!("{key}.{field}")
-                };
-                return Err(invalid(at, reason));
+            match auth::secret_of(t) {
+                Err((field, reason)) => {
+                    let at = if field.is_empty() {
+                        key
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                    return Err(invalid(at, reason));
+                }
+                Ok(auth::Secret::Digest(d)) => {
+                    if let Some(j) = first_with.insert(d, i) {
+                        return Err(invalid(
+                            &key,
+                            format!("the same token as tokens[{j}]: each token needs one role"),
+                        ));
+                    }
+                }
+                Ok(auth::Secret::Argon2(_)) => {}
             }
             match t.role {
                 Role::Agent if t.agent.is_none() => {
@@ -417,6 +430,14 @@ teams = ["night-shift"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("alerts.shops.x.clear_ms"), "{e}");
+    }
+
+    #[test]
+    fn a_token_given_twice_is_an_error() {
+        let text = "[[tokens]]\ntoken = \"same-secret\"\nrole = \"admin\"\n\
+                    [[tokens]]\ntoken = \"same-secret\"\nrole = \"shop\"\nshops = [\"s1\"]\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("tokens[1]") && e.contains("tokens[0]"), "{e}");
     }
 
     #[test]
