@@ -150,6 +150,19 @@ async fn bad_input_is_named_and_the_rest_is_kept() {
     assert_eq!(ack["rejected"][1]["id"], "wrong-type");
     assert!(ack["warnings"][0]["warning"].as_str().unwrap().contains("colour"));
 
+    // Even with the event clock, an event stamped decades ahead is refused:
+    // it would move `now` past every window for good.
+    let far = customer("year-2100", 4_102_444_800_000, "s1", "c1", "u1", None);
+    let (status, ack) = s.post("/v1/events", Some("ingest-token"), far.as_bytes()).await;
+    assert_eq!((status, ack["accepted"].as_u64()), (200, Some(0)), "{ack}");
+    assert!(
+        ack["rejected"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ahead of the server clock"),
+        "{ack}"
+    );
+
     // A body over the limit: 413 with a JSON error, and the server still serves.
     let big = vec![b' '; 9 << 20];
     let (status, err) = s.post("/v1/events", Some("ingest-token"), &big).await;

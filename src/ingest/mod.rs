@@ -18,6 +18,10 @@ use crate::http::auth::Principal;
 use crate::node::{Node, NodeError, wall_ms};
 use crate::protocol::{Rejection, ShopId, Warning, parse_batch};
 
+/// With the event clock, events stamped further than this after the
+/// server's wall clock are rejected (366 days).
+pub const EVENT_CLOCK_MAX_AHEAD_MS: i64 = 366 * 86_400_000;
+
 /// Frames of one connection being stored at once.
 pub const IN_FLIGHT: usize = 32;
 
@@ -85,16 +89,22 @@ pub async fn enqueue(node: &Node, principal: &Principal, bytes: &[u8], max_bytes
     let config = node.config();
     let mut batch = parse_batch(bytes, config.ingest.unknown_fields);
     let allowed = writable_shops(principal).flatten();
-    let future_limit = (node.clock() == Clock::Wall).then(|| wall_ms() + config.ingest.max_future_ms);
+    // With the event clock `now` follows `ts`, so the limit is loose (a
+    // replayed log may come from any time), but one event stamped decades
+    // ahead would still end every window for good.
+    let ahead_ms = match node.clock() {
+        Clock::Wall => config.ingest.max_future_ms,
+        Clock::Event => EVENT_CLOCK_MAX_AHEAD_MS,
+    };
+    let future_limit = wall_ms() + ahead_ms;
     let mut events = Vec::with_capacity(batch.events.len());
     for (index, event) in std::mem::take(&mut batch.events) {
         let refusal = if allowed.is_some_and(|shops| !shops.contains(&event.shop)) {
             Some(format!("field `shop`: this token may not write shop `{}`", event.shop))
-        } else if future_limit.is_some_and(|limit| event.ts > limit) {
+        } else if event.ts > future_limit {
             Some(format!(
-                "field `ts`: {} ms ahead of the server clock (limit {} ms)",
+                "field `ts`: {} ms ahead of the server clock (limit {ahead_ms} ms)",
                 event.ts - wall_ms(),
-                config.ingest.max_future_ms
             ))
         } else {
             None
