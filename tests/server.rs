@@ -248,6 +248,14 @@ async fn every_role_is_allowed_or_refused() {
         ("shop-s1-token", "/v1/agents/a2/stats", 403),
         ("ingest-token", "/v1/agents/a1/stats", 403),
         ("ingest-token", "/v1/alerts", 403),
+        // An alert filter outside the scope is refused, not answered empty.
+        ("agent-a1-token", "/v1/alerts?agent=a1", 200),
+        ("agent-a1-token", "/v1/alerts?agent=a2", 403),
+        ("sup-t1-token", "/v1/alerts?agent=a2", 200),
+        ("sup-t1-token", "/v1/alerts?agent=a3", 403),
+        ("shop-s1-token", "/v1/alerts?shop=s1", 200),
+        ("shop-s1-token", "/v1/alerts?shop=s2", 403),
+        ("shop-s1-token", "/v1/alerts?agent=a2", 403),
     ];
     for (token, path, want) in cases {
         let (status, body) = s.get(path, Some(token)).await;

@@ -530,7 +530,7 @@ struct AlertQuery {
 }
 
 async fn list_alerts(State(app): AppState, headers: HeaderMap, Query(q): Query<AlertQuery>) -> Result<Response> {
-    let (_, scope) = reader(&app, &headers).await?;
+    let (p, scope) = reader(&app, &headers).await?;
     let all = match q.state.as_deref() {
         None | Some("active") => false,
         Some("all") => true,
@@ -543,6 +543,15 @@ async fn list_alerts(State(app): AppState, headers: HeaderMap, Query(q): Query<A
     };
     let agent = q.agent.map(|a| AgentId::new(&a));
     let shop = q.shop.map(|s| ShopId::new(&s));
+    // A filter outside the caller's scope is refused, not answered empty.
+    if let Some(a) = &agent {
+        agent_scope(&app, &p, &scope, a).await?;
+    }
+    if let Some(s) = &shop
+        && !scope.may_see_alerts_of(s)
+    {
+        return Err(ApiError::forbidden(format!("shop `{s}` is outside your scope")));
+    }
     let alerts = app
         .node
         .query(move |d| {

@@ -77,6 +77,12 @@ impl Scope {
         self.all || self.shops.contains(shop)
     }
 
+    /// Whether some alert of `shop` can be visible: the shop is in scope,
+    /// or the caller sees whole agents (who may serve any shop).
+    pub fn may_see_alerts_of(&self, shop: &ShopId) -> bool {
+        self.sees_shop(shop) || self.agent.is_some() || !self.team_agents.is_empty()
+    }
+
     /// Whether the desk total is visible.
     pub fn sees_desk(&self) -> bool {
         self.all
