@@ -56,8 +56,10 @@ pub struct UpdateBatch {
 pub enum Published {
     /// Changed views.
     Update(Arc<UpdateBatch>),
-    /// An alert changed.
-    Alert(Arc<AlertChange>),
+    /// Alerts changed (all the changes of one engine step: hundreds of waits
+    /// can cross the norm at once, and each change in its own item would
+    /// overrun [`BACKLOG`] for every subscriber).
+    Alerts(Arc<Vec<AlertChange>>),
 }
 
 /// The read model: the latest view of everything.
@@ -170,9 +172,7 @@ impl Hub {
                 }
             }
         }
-        for c in changes {
-            self.inner.tx.send(Published::Alert(Arc::new(c))).ok();
-        }
+        self.inner.tx.send(Published::Alerts(Arc::new(changes))).ok();
     }
 
     /// Current number of subscribers.
@@ -475,7 +475,7 @@ mod tests {
         loop {
             match rx.try_recv().expect("an update was sent") {
                 Published::Update(b) => return b,
-                Published::Alert(_) => {}
+                Published::Alerts(_) => {}
             }
         }
     }

@@ -300,12 +300,17 @@ where
                         }
                     }
                 }
-                Ok(Published::Alert(change)) => {
-                    if scope.sees_alert(&change.alert) {
+                Ok(Published::Alerts(changes)) => {
+                    let mut ended = None;
+                    for change in changes.iter().filter(|c| scope.sees_alert(&c.alert)) {
                         let frame = serde_json::json!({"type": "alert", "event": change.event, "alert": change.alert}).to_string();
                         if let Err(end) = send(&mut sink, frame).await {
-                            break end;
+                            ended = Some(end);
+                            break;
                         }
+                    }
+                    if let Some(end) = ended {
+                        break end;
                     }
                 }
                 Err(RecvError::Lagged(missed)) => {

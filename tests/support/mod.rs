@@ -288,7 +288,6 @@ pub async fn wait_for(ws: &mut Ws, timeout: Duration, pred: impl Fn(&Value) -> b
     }
 }
 
-/// Sends one text frame.
 /// Reads until the server's close frame (skipping other frames), within
 /// `timeout`; `None` if the socket ends without one.
 pub async fn close_frame(
@@ -303,6 +302,7 @@ pub async fn close_frame(
     }
 }
 
+/// Sends one text frame.
 pub async fn send(ws: &mut Ws, text: String) {
     ws.send(Message::Text(text.into())).await.expect("send frame");
 }
