@@ -699,6 +699,48 @@ async fn a_host_name_listen_address_is_resolved() {
 }
 
 #[tokio::test]
+async fn replay_prints_the_agents_skips_bad_lines_and_slices_by_shop() {
+    let dir = DataDir::new("replay");
+    let log = dir.0.join("log.ndjson");
+    let ts = 1_762_826_400_000;
+    let lines = [
+        customer("e1", ts, "s1", "c1", "u1", Some("a1")),
+        reply("e2", ts + 20_000, "s1", "c1", "u1", "a1"),
+        "{not json".to_owned(),
+        customer("e3", ts, "s2", "c2", "u2", Some("a1")),
+        reply("e4", ts + 40_000, "s2", "c2", "u2", "a1"),
+    ];
+    std::fs::write(&log, lines.join("\n")).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"))
+            .arg("replay")
+            .arg(&log)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "a bad line is reported in the exit code");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 3"));
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(all["now"], ts + 40_000);
+    let a1 = &all["agents"]["a1"];
+    assert_eq!(
+        (a1["responses"].as_u64(), a1["avg_response_ms"].as_f64()),
+        (Some(2), Some(30_000.0))
+    );
+    assert_eq!(a1["shops"], json!(["s1", "s2"]));
+    // A shop's slice covers that shop, and says so.
+    let s2: Value = serde_json::from_slice(&run(&["--shop", "s2"]).stdout).unwrap();
+    let a1 = &s2["agents"]["a1"];
+    assert_eq!(
+        (a1["responses"].as_u64(), a1["avg_response_ms"].as_f64()),
+        (Some(1), Some(40_000.0))
+    );
+    assert_eq!((&a1["shop"], &a1["shops"]), (&json!("s2"), &json!(["s2"])));
+}
+
+#[tokio::test]
 async fn check_config_names_the_bad_key() {
     let dir = DataDir::new("cfg");
     let p = dir.0.join("bad.toml");

@@ -1474,7 +1474,11 @@ impl Engine {
             window,
             now: self.now,
             shop: shop.cloned(),
-            shops: self.shops_of(agent),
+            // The shops the figures cover: only `shop` when one is asked for.
+            shops: match shop {
+                Some(s) => vec![s.clone()],
+                None => self.shops_of(agent),
+            },
             teams: self.settings.teams_of(agent),
             metrics: acc.metrics(),
             live: live.state(self.now),
