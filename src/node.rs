@@ -122,6 +122,10 @@ enum LogCmd {
     },
     /// A snapshot covers every record below this sequence number.
     Snapshotted(u64),
+    /// The wall clock's tick (every 100 ms): logged as a clock record, so
+    /// recovery moves time exactly where the engine did between batches,
+    /// and alerts raised by time alone come back as they were raised.
+    Tick,
 }
 
 /// `through` is the sequence number after the command's records.
@@ -140,7 +144,11 @@ enum EngineCmd {
         through: u64,
         reply: oneshot::Sender<Result<Option<Alert>, NodeError>>,
     },
-    Tick,
+    /// Time moves to `now` (wall clock), as logged below `through`.
+    Tick {
+        now: i64,
+        through: u64,
+    },
     Publish {
         full: bool,
     },
@@ -369,7 +377,7 @@ impl Node {
             threads.push(
                 std::thread::Builder::new()
                     .name("deskpulse-engine".into())
-                    .spawn(move || fail_fast("engine", || engine_thread(desk, engine_rx, hub, wall, snapshots)))?,
+                    .spawn(move || fail_fast("engine", || engine_thread(desk, engine_rx, hub, snapshots)))?,
             );
         }
         let node = Self {
@@ -390,6 +398,7 @@ impl Node {
     /// Starts the timers (engine ticks and stream pushes) on the current runtime.
     pub fn spawn_timers(&self, shutdown: tokio_util::sync::CancellationToken) {
         let tx = self.shared.engine_tx.clone();
+        let log_tx = self.shared.log_tx.clone();
         let wall = self.shared.options.clock == Clock::Wall;
         let push = self.shared.options.push_interval;
         tokio::spawn(async move {
@@ -402,7 +411,13 @@ impl Node {
             loop {
                 let cmd = tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tick.tick(), if wall => EngineCmd::Tick,
+                    _ = tick.tick(), if wall => {
+                        // Through the log, in order with the batches.
+                        if log_tx.send(LogCmd::Tick).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     _ = publish.tick() => EngineCmd::Publish { full: false },
                     _ = full.tick() => EngineCmd::Publish { full: true },
                 };
@@ -571,7 +586,7 @@ fn log_thread(
                     bytes += match &cmd {
                         LogCmd::Events { framed, .. } => framed.len(),
                         LogCmd::Ack { payload, .. } => payload.len(),
-                        LogCmd::Snapshotted(_) => 0,
+                        LogCmd::Snapshotted(_) | LogCmd::Tick => 0,
                     };
                     batch.push(cmd);
                 }
@@ -613,13 +628,22 @@ fn log_thread(
                 LogCmd::Ack { payload, .. } => {
                     writer.append(RecordKind::AlertAck, payload);
                 }
+                LogCmd::Tick => {} // its clock record is written above
                 LogCmd::Snapshotted(_) => unreachable!("removed above"),
             }
             through.push(writer.next_seq());
         }
+        // Ticks alone need no fsync: the next commit's covers them, and a
+        // tick lost in a crash only moves a raise to the next batch's time.
+        let durable = batch.iter().any(|cmd| !matches!(cmd, LogCmd::Tick));
         let t = Instant::now();
-        last_commit = Some(t);
-        if let Err(e) = writer.commit() {
+        let written = if durable {
+            last_commit = Some(t);
+            writer.commit()
+        } else {
+            writer.write_unsynced()
+        };
+        if let Err(e) = written {
             // Never retry an fsync and assume success: stop acknowledging.
             tracing::error!(error = %e, "log write failed; no further events will be acknowledged");
             failed.store(true, Ordering::Relaxed);
@@ -628,10 +652,12 @@ fn log_thread(
             }
             continue;
         }
-        counters.commits.fetch_add(1, Ordering::Relaxed);
-        counters
-            .commit_micros_total
-            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if durable {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters
+                .commit_micros_total
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
         for (cmd, through) in batch.drain(..).zip(through) {
             match cmd {
                 LogCmd::Events { events, reply, .. } => {
@@ -663,6 +689,12 @@ fn log_thread(
                         return;
                     }
                 }
+                LogCmd::Tick => {
+                    let now = clock.expect("ticks come with the wall clock only");
+                    if engine_tx.blocking_send(EngineCmd::Tick { now, through }).is_err() {
+                        return;
+                    }
+                }
                 LogCmd::Snapshotted(_) => unreachable!("removed above"),
             }
         }
@@ -687,7 +719,7 @@ fn refuse(cmd: LogCmd, why: &str) {
         LogCmd::Ack { reply, .. } => {
             reply.send(Err(err)).ok();
         }
-        LogCmd::Snapshotted(_) => {}
+        LogCmd::Snapshotted(_) | LogCmd::Tick => {}
     }
 }
 
@@ -795,7 +827,7 @@ impl Snapshots {
     }
 }
 
-fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wall: bool, mut snapshots: Snapshots) {
+fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, mut snapshots: Snapshots) {
     // A publish runs in slices, and waiting commands come first: a slice
     // of IDLE_SLICE runs whenever no command waits. Under a load that never
     // lets the queue run dry, a STARVED_SLICE runs after every
@@ -856,10 +888,12 @@ fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, wa
                 reply.send(Ok(desk.ack_alert(&ack.id, &ack.by))).ok();
                 snapshots.applied(through, 1);
             }
-            EngineCmd::Tick => {
-                if wall {
-                    desk.tick(wall_ms());
-                }
+            EngineCmd::Tick { now, through } => {
+                desk.tick(now);
+                // A tick counts as one record toward the next snapshot, so
+                // an idle desk still snapshots (about daily) and its log of
+                // ticks stays short.
+                snapshots.applied(through, 1);
             }
             EngineCmd::Publish { full } => publisher.start(&mut desk, full),
             EngineCmd::Query(job) => job(&desk),

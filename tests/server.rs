@@ -484,6 +484,12 @@ async fn customer_waiting_alert_fires_within_a_second_with_no_new_event() {
             .iter()
             .all(|a| a["rule"] != "customer_waiting")
     );
+    // After kill -9 the history is the same to the millisecond: the raise
+    // and escalation came from clock ticks alone, and the ticks are logged.
+    let (_, before) = s.get("/v1/alerts?state=all", Some("admin-token")).await;
+    let s = Server::restart(s.kill9());
+    let (_, after) = s.get("/v1/alerts?state=all", Some("admin-token")).await;
+    assert_eq!(after, before);
 }
 
 #[tokio::test]

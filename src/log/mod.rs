@@ -221,15 +221,32 @@ impl LogWriter {
     /// Writes the buffered records and waits for them to reach the disk.
     /// On error nothing buffered may be acknowledged; the caller stops.
     pub fn commit(&mut self) -> io::Result<()> {
+        self.write_out(true)
+    }
+
+    /// Writes the buffered records without waiting for the disk: they
+    /// become durable with the next [`LogWriter::commit`]. For records
+    /// nobody waits on (clock ticks).
+    pub fn write_unsynced(&mut self) -> io::Result<()> {
+        self.write_out(false)
+    }
+
+    fn write_out(&mut self, sync: bool) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         self.file.write_all(&self.pending)?;
-        self.file.sync_data()?;
+        if sync {
+            self.file.sync_data()?;
+        }
         self.segment_len += self.pending.len() as u64;
         self.pending.clear();
         self.pending_records = 0;
         if self.segment_len >= self.max_segment_bytes {
+            if !sync {
+                // A segment is left only once all of it is durable.
+                self.file.sync_data()?;
+            }
             self.roll()?;
         }
         Ok(())
