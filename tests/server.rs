@@ -493,6 +493,32 @@ async fn customer_waiting_alert_fires_within_a_second_with_no_new_event() {
 }
 
 #[tokio::test]
+async fn a_slower_update_pace_sends_what_piled_up_when_the_interval_ends() {
+    let dir = DataDir::new("pace");
+    let s = Server::start(&dir.0, None, "event");
+    let ts = 1_762_826_400_000;
+    let mut ws = s.ws("/v1/stream?interval_ms=2000", None).await.unwrap();
+    wait_for(&mut ws, T, |v| v["type"] == "snapshot")
+        .await
+        .expect("snapshot");
+    let post = |id: &str, k: i64| customer(id, ts + k, "s1", &format!("c-{id}"), "u", Some("a1"));
+    s.post("/v1/events", None, post("p1", 0).as_bytes()).await;
+    wait_for(&mut ws, T, |v| v["type"] == "update")
+        .await
+        .expect("first update");
+    let first = std::time::Instant::now();
+    // A change right after: it waits for the 2 s pace, and no longer.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.post("/v1/events", None, post("p2", 1).as_bytes()).await;
+    wait_for(&mut ws, T, |v| v["type"] == "update")
+        .await
+        .expect("second update");
+    let gap = first.elapsed();
+    assert!(gap >= Duration::from_millis(1900), "{gap:?}: sooner than the pace");
+    assert!(gap <= Duration::from_millis(2600), "{gap:?}: later than the pace");
+}
+
+#[tokio::test]
 async fn a_subscriber_that_never_reads_does_not_slow_ingest() {
     let dir = DataDir::new("slow");
     let s = Server::start(&dir.0, None, "event");

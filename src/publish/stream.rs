@@ -258,10 +258,8 @@ where
     }
     let mut pending = Pending::default();
     // Updates go out as soon as they arrive unless one went out less than
-    // `interval` ago; then the timer sends what piled up.
+    // `interval` ago; then what piled up goes out when `interval` is over.
     let mut last_sent = tokio::time::Instant::now() - interval;
-    let mut flush = tokio::time::interval(interval.max(Duration::from_millis(100)));
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break End::Shutdown,
@@ -280,13 +278,11 @@ where
                 None | Some(Err(_)) => break End::Client,
                 Some(Ok(_)) => {} // pings are answered by the socket; other input is ignored
             },
-            _ = flush.tick() => {
-                if !pending.is_empty() && last_sent.elapsed() >= interval {
-                    last_sent = tokio::time::Instant::now();
-                    let frame = pending.take_frame();
-                    if let Err(end) = send(&mut sink, frame).await {
-                        break end;
-                    }
+            _ = tokio::time::sleep_until(last_sent + interval), if !pending.is_empty() => {
+                last_sent = tokio::time::Instant::now();
+                let frame = pending.take_frame();
+                if let Err(end) = send(&mut sink, frame).await {
+                    break end;
                 }
             }
             item = rx.recv() => match item {
