@@ -256,6 +256,10 @@ async fn every_role_is_allowed_or_refused() {
         ("shop-s1-token", "/v1/alerts?shop=s1", 200),
         ("shop-s1-token", "/v1/alerts?shop=s2", 403),
         ("shop-s1-token", "/v1/alerts?agent=a2", 403),
+        // The standing ranks whole agents: not for a slice's viewer.
+        ("agent-a1-token", "/v1/agents/a1/standing", 200),
+        ("sup-t1-token", "/v1/agents/a1/standing", 200),
+        ("shop-s1-token", "/v1/agents/a3/standing", 403),
     ];
     for (token, path, want) in cases {
         let (status, body) = s.get(path, Some(token)).await;

@@ -443,7 +443,13 @@ async fn agent_standing(
     let (p, scope) = reader(&app, &headers).await?;
     let w = window(&q.window)?;
     let agent = AgentId::new(&agent);
-    agent_scope(&app, &p, &scope, &agent).await?;
+    if agent_scope(&app, &p, &scope, &agent).await?.is_some() {
+        // The standing compares whole agents of a team; a caller who sees
+        // only some shops' slice of this agent may not see that.
+        return Err(ApiError::forbidden(format!(
+            "the standing of `{agent}` compares whole agents; your scope holds a slice of them"
+        )));
+    }
     let out = app
         .node
         .query(move |d| {
