@@ -291,6 +291,9 @@ fn field_err(field: &'static str, reason: impl Into<String>) -> FieldError {
 
 /// Parses a body or frame (array, single object or NDJSON) into a [`Batch`].
 pub fn parse_batch(bytes: &[u8], unknown: UnknownFields) -> Batch {
+    // A byte-order mark that some Windows tools put at the start of a UTF-8
+    // file is not part of the first event.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut batch = Batch::default();
     let trimmed = trim_ascii_start(bytes);
     match trimmed.first() {
@@ -1035,6 +1038,20 @@ mod tests {
         assert_eq!(batch.rejected.len(), 1);
         assert_eq!(batch.rejected[0].index, None);
         assert!(batch.events.is_empty());
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped() {
+        let event = br#"{"id":"a","type":"conversation.close","ts":1,"shop":"s","conversation":"c"}"#;
+        for body in [
+            [b"\xEF\xBB\xBF".as_slice(), event].concat(),
+            [b"\xEF\xBB\xBF[".as_slice(), event, b"]"].concat(),
+            [b"\xEF\xBB\xBF".as_slice(), event, b"\n", event].concat(),
+        ] {
+            let batch = parse_batch(&body, UnknownFields::Warn);
+            assert!(batch.rejected.is_empty(), "{:?}", batch.rejected);
+            assert!(!batch.events.is_empty());
+        }
     }
 
     #[test]
