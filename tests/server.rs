@@ -184,6 +184,13 @@ async fn bad_input_is_named_and_the_rest_is_kept() {
     assert_eq!(ack["rejected"][0]["index"], 0);
     let (status, _) = s.get("/healthz", None).await;
     assert_eq!(status, 200);
+    // Unknown paths and methods answer in JSON too.
+    let (status, err) = s.get("/v1/nope", None).await;
+    assert_eq!(status, 404);
+    assert!(err["error"].as_str().unwrap().contains("/v1/nope"), "{err}");
+    let (status, err) = s.get("/v1/alerts/x/ack", Some("admin-token")).await;
+    assert_eq!(status, 405);
+    assert!(err["error"].as_str().unwrap().contains("GET"), "{err}");
 
     // A text frame that is not UTF-8 cannot be read as a text frame at all
     // (RFC 6455): earlier frames are acked, then the socket closes with

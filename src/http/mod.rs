@@ -116,7 +116,21 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(assets::index))
         .route("/me", get(assets::me))
         .route("/assets/{*path}", get(assets::asset))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
+}
+
+/// Unknown paths answer in JSON, like every other error.
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no such endpoint `{}` (see /openapi.json)", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("`{method}` is not allowed on `{}`", uri.path()),
+    )
 }
 
 // ---- authentication and scope ----
