@@ -15,8 +15,9 @@ use crate::protocol::{AgentId, ShopId, TeamId, UnknownFields};
 /// A config problem, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
+    /// The file could not be read (the reason is the source, so a chain
+    /// printer shows it once).
+    #[error("cannot read config {path}")]
     Read {
         path: String,
         #[source]

@@ -184,6 +184,17 @@ async fn bad_input_is_named_and_the_rest_is_kept() {
     assert_eq!(ack["rejected"][0]["index"], 0);
     let (status, _) = s.get("/healthz", None).await;
     assert_eq!(status, 200);
+    // A compressed body is refused as such, not read as bad lines.
+    let (status, err) = http(
+        &s.addr,
+        "POST",
+        "/v1/events",
+        Some("ingest-token"),
+        b"\x1f\x8b\x08\x00",
+        &[("Content-Encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(status, 415, "{err}");
     // Unknown paths and methods answer in JSON too.
     let (status, err) = s.get("/v1/nope", None).await;
     assert_eq!(status, 404);

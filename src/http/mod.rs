@@ -277,6 +277,19 @@ async fn post_events(
             role_name(p.role)
         )));
     }
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
+        && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        // Read as events, compressed bytes would be rejected line by line
+        // as bad UTF-8: say what is wrong instead.
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Encoding `{}` is not supported; send the body uncompressed",
+                String::from_utf8_lossy(encoding.as_bytes())
+            ),
+        ));
+    }
     let body = body.map_err(|e| {
         let status = e.status();
         let limit = app.node.config().ingest.max_body_bytes;
