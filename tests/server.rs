@@ -290,6 +290,12 @@ async fn every_role_is_allowed_or_refused() {
     assert_eq!(a3["shop"], "s1", "the slice names its shop");
     let (_, a3) = s.get("/v1/agents/a3/stats", Some("admin-token")).await;
     assert_eq!(a3["shop"], Value::Null, "the whole agent: {a3}");
+    let (_, detail) = s.get("/v1/agents/a3/detail", Some("shop-s1-token")).await;
+    assert_eq!(
+        (&detail["shop"], &detail["shops"]),
+        (&json!("s1"), &json!(["s1"])),
+        "{detail}"
+    );
     // Listing is filtered, never refused.
     let (_, list) = s.get("/v1/agents", Some("sup-t1-token")).await;
     let names = agent_names(&list);

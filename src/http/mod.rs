@@ -450,6 +450,9 @@ async fn agent_detail(State(app): AppState, headers: HeaderMap, Path(agent): Pat
             json!({
                 "agent": agent,
                 "now": d.now(),
+                // What the figures cover, as on the stats endpoint.
+                "shop": stats.shop,
+                "shops": stats.shops,
                 "live": stats.live,
                 "today": stats.metrics,
                 "histogram": d.histogram(&agent, &filter),
