@@ -595,7 +595,7 @@ fn log_thread(
         }
         if failed.load(Ordering::Relaxed) {
             for cmd in batch.drain(..) {
-                refuse(cmd, "an earlier write or fsync failed");
+                refuse(cmd, "an earlier write or fsync failed", &engine_tx, writer.next_seq());
             }
             continue;
         }
@@ -648,7 +648,7 @@ fn log_thread(
             tracing::error!(error = %e, "log write failed; no further events will be acknowledged");
             failed.store(true, Ordering::Relaxed);
             for cmd in batch.drain(..) {
-                refuse(cmd, &e.to_string());
+                refuse(cmd, &e.to_string(), &engine_tx, writer.next_seq());
             }
             continue;
         }
@@ -709,7 +709,9 @@ fn flush(desk: &mut Desk, batch: &mut Vec<Event>) {
     }
 }
 
-fn refuse(cmd: LogCmd, why: &str) {
+/// Answers a command the log cannot take. A tick still reaches the engine,
+/// unlogged: with storage down, waits keep counting and alerts keep coming.
+fn refuse(cmd: LogCmd, why: &str, engine_tx: &mpsc::Sender<EngineCmd>, through: u64) {
     let err = NodeError::Storage(why.to_owned());
     // A refused sender that already left needs no answer.
     match cmd {
@@ -719,7 +721,15 @@ fn refuse(cmd: LogCmd, why: &str) {
         LogCmd::Ack { reply, .. } => {
             reply.send(Err(err)).ok();
         }
-        LogCmd::Snapshotted(_) | LogCmd::Tick => {}
+        LogCmd::Tick => {
+            engine_tx
+                .blocking_send(EngineCmd::Tick {
+                    now: wall_ms(),
+                    through,
+                })
+                .ok();
+        }
+        LogCmd::Snapshotted(_) => {}
     }
 }
 
