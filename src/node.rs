@@ -699,6 +699,10 @@ fn log_thread(
             }
         }
     }
+    // Every sender is gone (shutdown): the last ticks may be unsynced.
+    if let Err(e) = writer.finish() {
+        tracing::warn!(error = %e, "could not sync the log's last clock records");
+    }
 }
 
 /// Applies the events of one logged batch, if any.

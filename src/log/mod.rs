@@ -231,6 +231,13 @@ impl LogWriter {
         self.write_out(false)
     }
 
+    /// Makes everything written durable, unsynced records included (at
+    /// shutdown).
+    pub fn finish(mut self) -> io::Result<()> {
+        self.write_out(false)?;
+        self.file.sync_data()
+    }
+
     fn write_out(&mut self, sync: bool) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
