@@ -904,12 +904,16 @@ fn engine_thread(mut desk: Desk, mut rx: mpsc::Receiver<EngineCmd>, hub: Hub, mu
             }
             EngineCmd::Tick { now, through } => {
                 desk.tick(now);
+                hub.set_now(desk.now());
                 // A tick counts as one record toward the next snapshot, so
                 // an idle desk still snapshots (about daily) and its log of
                 // ticks stays short.
                 snapshots.applied(through, 1);
             }
-            EngineCmd::Publish { full } => publisher.start(&mut desk, full),
+            EngineCmd::Publish { full } => {
+                hub.set_now(desk.now());
+                publisher.start(&mut desk, full);
+            }
             EngineCmd::Query(job) => job(&desk),
         }
         let changes = desk.take_alert_changes();

@@ -547,6 +547,26 @@ async fn a_slower_update_pace_sends_what_piled_up_when_the_interval_ends() {
 }
 
 #[tokio::test]
+async fn a_snapshot_on_a_quiet_desk_carries_the_current_time() {
+    let dir = DataDir::new("quiet");
+    let s = Server::start(&dir.0, None, "wall");
+    s.post(
+        "/v1/events",
+        None,
+        customer("q1", now_ms(), "s1", "c1", "u1", Some("a1")).as_bytes(),
+    )
+    .await;
+    // Nothing changes for 2.5 s: no publish has a reason to run.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut ws = s.ws("/v1/stream", None).await.unwrap();
+    let snap = wait_for(&mut ws, T, |v| v["type"] == "snapshot")
+        .await
+        .expect("snapshot");
+    let behind = now_ms() - snap["now"].as_i64().unwrap();
+    assert!(behind < 700, "the snapshot's now is {behind} ms behind");
+}
+
+#[tokio::test]
 async fn a_subscriber_that_never_reads_does_not_slow_ingest() {
     let dir = DataDir::new("slow");
     let s = Server::start(&dir.0, None, "event");

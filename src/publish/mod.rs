@@ -115,6 +115,18 @@ impl Hub {
         f(&self.inner.model.read().expect("no panics while holding the read model"))
     }
 
+    /// Moves the model's `now` forward (never back) without a publish, so
+    /// a snapshot taken on a quiet desk carries the current time: browsers
+    /// count waits up from it.
+    pub fn set_now(&self, now: i64) {
+        let mut m = self
+            .inner
+            .model
+            .write()
+            .expect("no panics while holding the read model");
+        m.now = m.now.max(now);
+    }
+
     /// Stores and broadcasts changed views.
     pub fn update(&self, batch: UpdateBatch) {
         {
@@ -123,7 +135,7 @@ impl Hub {
                 .model
                 .write()
                 .expect("no panics while holding the read model");
-            m.now = batch.now;
+            m.now = m.now.max(batch.now);
             for a in &batch.agents {
                 m.agents.insert(a.agent.clone(), a.clone());
             }
