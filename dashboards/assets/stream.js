@@ -95,7 +95,14 @@ export class StreamClient {
   /** A socket that never delivered a snapshot may have been refused: ask whoami why. */
   async checkAuthThenRetry() {
     try {
-      await whoami();
+      const me = await whoami();
+      if (me?.role === 'ingest') {
+        // A valid token that may only send events: the stream will always
+        // refuse it, so ask for another instead of retrying forever.
+        this.stopped = true;
+        this.setState('login');
+        return;
+      }
     } catch (err) {
       if (err instanceof ApiError && err.isAuth) {
         this.stopped = true;

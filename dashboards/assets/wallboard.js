@@ -188,12 +188,21 @@ function deskFromAgents() {
   let waiting = 0;
   let oldestStart = null;
   let sales = 0;
+  // The 15m average over the visible agents: exact, from each one's mean
+  // and count (sum of samples / number of samples).
+  let sum15 = 0;
+  let n15 = 0;
   for (const v of state.agents.values()) {
     if (!visible(v)) continue;
     waiting += v.live?.waiting ?? 0;
     const s = v.live?.oldest_wait_start;
     if ((v.live?.waiting ?? 0) > 0 && Number.isFinite(s)) oldestStart = oldestStart == null ? s : Math.min(oldestStart, s);
     sales += v.today?.sales_fen ?? 0;
+    const m15 = v['15m'];
+    if (m15?.responses > 0 && Number.isFinite(m15.avg_response_ms)) {
+      sum15 += m15.avg_response_ms * m15.responses;
+      n15 += m15.responses;
+    }
   }
   let queued = 0;
   let queuedStart = null;
@@ -206,6 +215,7 @@ function deskFromAgents() {
   return {
     live: { waiting, oldest_wait_start: oldestStart, queued, oldest_queued_start: queuedStart },
     today: { sales_fen: sales },
+    '15m': { avg_response_ms: n15 > 0 ? sum15 / n15 : null },
   };
 }
 

@@ -155,6 +155,29 @@ describe('wallboard', { timeout: 120000 }, () => {
     await tv.context().close();
   });
 
+  test('the desk card averages the visible agents; agents get no ack button; an ingest token gets the form', async () => {
+    // The supervisor gets no desk view: the card is computed from a1 and a2,
+    // the whole of team t1, so it must show the team's 15m average.
+    const desk = '#totals .total[data-kind="desk"] [data-v="avg15"]';
+    const team = '#totals .total[data-kind="team"][data-name="t1"] [data-v="avg15"]';
+    await until(async () => (await page.textContent(team)) !== '–', { what: 'the team average' });
+    assert.equal(await page.textContent(desk), await page.textContent(team));
+    // An agent sees its own alerts but may not acknowledge them.
+    const agent = await openPage(browser, server, { token: TOKENS.agent });
+    await waitStatus(agent, 'live');
+    await server.post([ev.customer(server, { shop: 's1', conv: 'k30', customer: 'buyer30', agent: 'a1' })]);
+    const alert = await agent.waitForSelector('#alerts .alert[data-agent="a1"]', { timeout: 8000 });
+    assert.equal(await alert.$eval('.ack-button', (b) => getComputedStyle(b).display), 'none');
+    await server.post([ev.agent(server, { shop: 's1', conv: 'k30', customer: 'buyer30', agent: 'a1' })]);
+    assert.deepEqual(agent.errors, []);
+    await agent.context().close();
+    // A token that may only send events is asked to be replaced, not retried forever.
+    const ingest = await openPage(browser, server, { token: TOKENS.ingest });
+    await waitStatus(ingest, 'login');
+    await ingest.waitForSelector('#login-form', { state: 'visible' });
+    await ingest.context().close();
+  });
+
   test('the team filter hides agents of other teams', async () => {
     await page.selectOption('#filter-shop', 's1');
     await until(() => page.$eval(tile('a2'), (el) => el.hidden), { what: 'a2 hidden by the shop filter' });
