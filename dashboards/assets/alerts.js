@@ -10,7 +10,7 @@ const MAX_SHOWN = 100;
 
 /** Active alerts by id, rendered into `#alerts`. */
 export class AlertPanel {
-  constructor(root, { onChange } = {}) {
+  constructor(root, { onChange, shows } = {}) {
     this.root = root;
     this.list = root.querySelector('.alert-list');
     this.empty = root.querySelector('.alert-empty');
@@ -18,6 +18,8 @@ export class AlertPanel {
     this.alerts = new Map();
     this.nodes = new Map();
     this.onChange = onChange ?? (() => {});
+    // Which alerts the page's filters let through (all by default).
+    this.shows = shows ?? (() => true);
     this.muted = readMute();
     this.audio = null;
     this.lastAlarm = 0;
@@ -80,7 +82,7 @@ export class AlertPanel {
   }
 
   render() {
-    const all = [...this.alerts.values()].sort((x, y) => (y.raised_at ?? 0) - (x.raised_at ?? 0)
+    const all = [...this.alerts.values()].filter((a) => this.shows(a)).sort((x, y) => (y.raised_at ?? 0) - (x.raised_at ?? 0)
       || String(y.id).localeCompare(String(x.id)));
     // A storm of alerts (a whole shop's queue backing up) must not freeze the
     // page: show the newest MAX_SHOWN and count the rest.

@@ -39,6 +39,13 @@ const alerts = new AlertPanel($('#alerts'), {
     dirtyAll = true;
     schedule();
   },
+  // The team and shop filters apply to alerts as to tiles.
+  shows: (a) => {
+    const { team, shop } = state.filter;
+    if (shop && a.shop !== shop) return false;
+    if (team) return [...state.agents.values()].some((v) => v.agent === a.agent && (v.teams ?? []).includes(team));
+    return true;
+  },
 });
 const detail = new AgentDetail($('#detail'), { thresholds: () => state.thresholds });
 
@@ -339,6 +346,7 @@ function onFilterChange() {
   dirtyAll = true;
   dirtyTotals = true;
   schedule();
+  alerts.render();
 }
 
 // ---- TV mode --------------------------------------------------------------

@@ -179,11 +179,16 @@ describe('wallboard', { timeout: 120000 }, () => {
   });
 
   test('the team filter hides agents of other teams', async () => {
+    // a2's alert (shop s2, from the growing wait above) follows the filter too.
+    const a2Alert = '#alerts .alert[data-agent="a2"]';
+    await page.waitForSelector(a2Alert);
     await page.selectOption('#filter-shop', 's1');
     await until(() => page.$eval(tile('a2'), (el) => el.hidden), { what: 'a2 hidden by the shop filter' });
     assert.equal(await page.$eval(tile('a1'), (el) => el.hidden), false);
+    await page.waitForSelector(a2Alert, { state: 'detached' });
     await page.selectOption('#filter-shop', '');
     await until(async () => !(await page.$eval(tile('a2'), (el) => el.hidden)), { what: 'a2 shown again' });
+    await page.waitForSelector(a2Alert);
     assert.deepEqual(page.errors, []);
   });
 });
