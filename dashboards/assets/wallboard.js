@@ -84,7 +84,11 @@ function onFrame(frame) {
   stats.frames += 1;
   switch (frame.type) {
     case 'snapshot':
-      if (frame.thresholds) state.thresholds = mergeThresholds(DEFAULT_THRESHOLDS, frame.thresholds);
+      if (frame.thresholds) {
+        state.thresholds = mergeThresholds(DEFAULT_THRESHOLDS, frame.thresholds);
+        // A detail opened by URL before the first snapshot drew the default norm.
+        if (detail.agent) detail.load();
+      }
       state.agents.clear();
       state.teams.clear();
       state.shops.clear();
