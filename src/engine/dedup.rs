@@ -267,6 +267,17 @@ pub fn fingerprint(shop: &str, id: &str) -> Fingerprint {
     h.finish()
 }
 
+/// The fingerprint of the order `order` of `shop`, kept in the same sets
+/// as event ids: the same hash over `shop`, 0xfe, `order`. Neither 0xfe
+/// nor 0xff occurs in UTF-8, so no `(shop, id)` can give these bytes.
+pub fn order_fingerprint(shop: &str, order: &str) -> Fingerprint {
+    let mut h = Lanes::new();
+    h.write(shop.as_bytes());
+    h.push(0xfe, 1);
+    h.write(order.as_bytes());
+    h.finish()
+}
+
 /// The last `n` (1..=7) bytes of `bytes` as a little-endian word, read
 /// with whole loads: a byte-wise copy here costs more than the hashing.
 fn tail_word(bytes: &[u8], n: usize) -> u64 {
@@ -569,6 +580,12 @@ mod tests {
                 assert_eq!(fingerprint(shop, id), fingerprint_bytewise(shop, id), "{shop:?} {id:?}");
             }
         }
+    }
+
+    #[test]
+    fn an_order_and_an_event_id_with_the_same_text_differ() {
+        assert_ne!(fingerprint("s", "o1"), order_fingerprint("s", "o1"));
+        assert_ne!(order_fingerprint("s1", "o"), order_fingerprint("s", "1o"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::protocol::{AgentId, AgentStatus, ConversationId, CustomerId, Event, EventKind, ShopId, TeamId};
 use alerts::{Alert, AlertBook, AlertChange, Reading, Rule, Severity, Thresholds};
 use day::{Calendar, Day};
-use dedup::{Dedup, Fingerprint, fingerprint};
+use dedup::{Dedup, Fingerprint, fingerprint, order_fingerprint};
 use slab::Slab;
 use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
 
@@ -880,7 +880,20 @@ impl Engine {
                 let cu = self.shops[s as usize].customer(customer, ts);
                 self.flag(s, cu);
             }
-            EventKind::OrderPaid { customer, amount, .. } => self.order(s, customer, *amount, ts),
+            EventKind::OrderPaid {
+                order,
+                customer,
+                amount,
+            } => {
+                // An order the shop reported before (under another event id)
+                // is a resend: taken, not counted twice.
+                if self
+                    .dedup
+                    .insert(order_fingerprint(event.shop.as_str(), order.as_str()), ts)
+                {
+                    self.order(s, customer, *amount, ts);
+                }
+            }
         }
         Applied::Accepted
     }

@@ -414,6 +414,33 @@ fn order_arriving_late_is_credited_to_the_message_before_it() {
 }
 
 #[test]
+fn an_order_sent_again_under_another_event_id_counts_once() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.reply(T0 + S, "c1", "u1", "a1");
+    let paid = |d: &mut Desk, id: &str, ts: i64, order: &str| {
+        let event = Event {
+            id: id.into(),
+            ts,
+            shop: "s1".into(),
+            kind: EventKind::OrderPaid {
+                order: OrderId::new(order),
+                customer: "u1".into(),
+                amount: 5000,
+            },
+        };
+        d.engine.apply(&event)
+    };
+    assert_eq!(paid(&mut d, "pay-1", T0 + 10 * S, "o-77"), Applied::Accepted);
+    // The payment system resends it with a new event id: taken, not counted.
+    assert_eq!(paid(&mut d, "pay-1-retry", T0 + 11 * S, "o-77"), Applied::Accepted);
+    assert_eq!((d.today("a1").orders, d.today("a1").sales_fen), (1, 5000));
+    // Another order counts.
+    assert_eq!(paid(&mut d, "pay-2", T0 + 12 * S, "o-78"), Applied::Accepted);
+    assert_eq!((d.today("a1").orders, d.today("a1").sales_fen), (2, 10_000));
+}
+
+#[test]
 fn order_without_agent_message_in_24h_is_a_silent_order() {
     let mut d = Desk::new();
     d.customer(T0 - 25 * 60 * MIN, "c1", "u1", Some("a1"));
