@@ -260,21 +260,22 @@ impl FlatSet {
 /// little-endian into 8-byte words. Defined here, not borrowed from a crate,
 /// so it stays the same across versions (snapshots hold it).
 pub fn fingerprint(shop: &str, id: &str) -> Fingerprint {
-    let mut h = Lanes::new();
-    h.write(shop.as_bytes());
-    h.push(0xff, 1);
-    h.write(id.as_bytes());
-    h.finish()
+    separated(shop, 0xff, id)
 }
 
 /// The fingerprint of the order `order` of `shop`, kept in the same sets
 /// as event ids: the same hash over `shop`, 0xfe, `order`. Neither 0xfe
 /// nor 0xff occurs in UTF-8, so no `(shop, id)` can give these bytes.
 pub fn order_fingerprint(shop: &str, order: &str) -> Fingerprint {
+    separated(shop, 0xfe, order)
+}
+
+/// The hash over `shop`, the byte `separator`, `id`.
+fn separated(shop: &str, separator: u8, id: &str) -> Fingerprint {
     let mut h = Lanes::new();
     h.write(shop.as_bytes());
-    h.push(0xfe, 1);
-    h.write(order.as_bytes());
+    h.push(u64::from(separator), 1);
+    h.write(id.as_bytes());
     h.finish()
 }
 
