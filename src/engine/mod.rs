@@ -70,23 +70,20 @@ impl ThresholdOverride {
     /// the inherited 50 000, which would resolve an alert as it is raised).
     pub fn apply(&self, base: Thresholds) -> Thresholds {
         let norm_ms = self.norm_ms.unwrap_or(base.norm_ms);
-        let scaled = |v: u64| (u128::from(v) * u128::from(norm_ms) / u128::from(base.norm_ms.max(1))) as u64;
-        let below_norm = |given: Option<u64>, inherited: u64| {
-            given.unwrap_or(if inherited > norm_ms {
-                scaled(inherited)
+        // The value in force: `given`, else `inherited`, scaled with the
+        // norm when the new norm has crossed it.
+        let kept = |given: Option<u64>, inherited: u64, crossed: bool| {
+            given.unwrap_or(if crossed {
+                (u128::from(inherited) * u128::from(norm_ms) / u128::from(base.norm_ms.max(1))) as u64
             } else {
                 inherited
             })
         };
         Thresholds {
-            target_ms: below_norm(self.target_ms, base.target_ms),
+            target_ms: kept(self.target_ms, base.target_ms, base.target_ms > norm_ms),
             norm_ms,
-            clear_ms: below_norm(self.clear_ms, base.clear_ms),
-            critical_ms: self.critical_ms.unwrap_or(if base.critical_ms < norm_ms {
-                scaled(base.critical_ms)
-            } else {
-                base.critical_ms
-            }),
+            clear_ms: kept(self.clear_ms, base.clear_ms, base.clear_ms > norm_ms),
+            critical_ms: kept(self.critical_ms, base.critical_ms, base.critical_ms < norm_ms),
             min_samples: self.min_samples.unwrap_or(base.min_samples),
         }
     }
