@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Hub, Published, ReadModel, UpdateBatch};
 use crate::config::Role;
 use crate::engine::Settings;
-use crate::engine::alerts::Alert;
+use crate::engine::alerts::{Alert, AlertChange};
 use crate::http::auth::Principal;
 use crate::protocol::{AgentId, ShopId, TeamId};
 
@@ -232,6 +232,18 @@ pub enum End {
     Shutdown,
 }
 
+/// Sends an `alert` frame for each change the caller may see.
+async fn send_alerts<S>(sink: &mut S, changes: &[AlertChange], scope: &Scope) -> Result<(), End>
+where
+    S: Sink<Message> + Unpin,
+{
+    for change in changes.iter().filter(|c| scope.sees_alert(&c.alert)) {
+        let frame = serde_json::json!({"type": "alert", "event": change.event, "alert": change.alert}).to_string();
+        send(sink, frame).await?;
+    }
+    Ok(())
+}
+
 async fn send<S>(sink: &mut S, text: String) -> Result<(), End>
 where
     S: Sink<Message> + Unpin,
@@ -297,15 +309,7 @@ where
                     }
                 }
                 Ok(Published::Alerts(changes)) => {
-                    let mut ended = None;
-                    for change in changes.iter().filter(|c| scope.sees_alert(&c.alert)) {
-                        let frame = serde_json::json!({"type": "alert", "event": change.event, "alert": change.alert}).to_string();
-                        if let Err(end) = send(&mut sink, frame).await {
-                            ended = Some(end);
-                            break;
-                        }
-                    }
-                    if let Some(end) = ended {
+                    if let Err(end) = send_alerts(&mut sink, &changes, &scope).await {
                         break end;
                     }
                 }
