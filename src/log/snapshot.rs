@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use super::sync_dir;
 
 const MAGIC: &[u8; 8] = b"DPSNAP02";
+/// Bytes written between two flushes of a snapshot file.
+const SYNC_PIECE: usize = 4 << 20;
 /// The magic without its version digits.
 const FAMILY: &[u8; 6] = b"DPSNAP";
 
@@ -31,7 +33,15 @@ pub fn write(dir: &Path, seq: u64, body: &[u8]) -> io::Result<()> {
         f.write_all(MAGIC)?;
         f.write_all(&seq.to_le_bytes())?;
         f.write_all(&crc32fast::hash(body).to_le_bytes())?;
-        f.write_all(body)?;
+        // In pieces, each flushed before the next: an fsync of the log
+        // then never waits behind more than one piece of this file (ext4
+        // orders a commit after the data it allocated). Written whole, a
+        // 140 MiB snapshot held log commits for 10–40 ms as it reached
+        // the disk, and the acks waiting on them.
+        for piece in body.chunks(SYNC_PIECE) {
+            f.write_all(piece)?;
+            f.sync_data()?;
+        }
         f.sync_all()?;
     }
     fs::rename(&tmp, path(dir, seq))?;
