@@ -685,6 +685,15 @@ async fn metrics(State(app): AppState) -> Result<Response> {
         vec![(String::new(), get(&c.frames))],
     );
     metric(
+        "deskpulse_engine_backlog_events",
+        "gauge",
+        &format!(
+            "Events acknowledged but not yet applied by the engine (acks wait once it reaches {}).",
+            crate::node::ENGINE_BACKLOG_EVENTS
+        ),
+        vec![(String::new(), c.engine_backlog.events() as f64)],
+    );
+    metric(
         "deskpulse_log_commits_total",
         "counter",
         "Group commits (one fsync each).",
