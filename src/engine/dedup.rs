@@ -6,8 +6,6 @@
 //! two adjacent cache lines, and a batch can ask for them ahead
 //! ([`Dedup::prefetch`]) while earlier events are applied.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 
 /// How long one generation covers, in ms of event time.
@@ -57,7 +55,7 @@ impl From<Dedup> for DedupData {
 }
 
 /// An insert-only set of fingerprints: linear probing in power-of-two
-/// tables kept at most 7/10 full. A slot holding 0 is empty, so the
+/// arrays kept at most 7/10 full. A slot holding 0 is empty, so the
 /// fingerprint 0 is held by a flag of its own.
 ///
 /// Growing never stops the caller for long: the full table is kept as
@@ -65,110 +63,25 @@ impl From<Dedup> for DedupData {
 /// slots per insert, while lookups search both. Moving a table of a few
 /// million fingerprints at once took 50–160 ms on the engine thread.
 ///
-/// Nor does zeroing the successor: from 6/10 full, it is zeroed a chunk
-/// at a time, [`FlatSet::ZERO_PER_INSERT`] slots' worth per insert, so its
-/// pages are faulted in a few at a time. Zeroing 64 MiB at once held the
-/// log and engine threads for tens of milliseconds, and acks with them.
-///
-/// Nor does copying it: the tables are [`Slots`], whose clone shares their
-/// chunks (see there).
+/// Nor does zeroing the successor: from 6/10 full, each insert zeroes
+/// [`FlatSet::ZERO_PER_INSERT`] slots of it, so its pages are faulted in a
+/// few at a time. Zeroing 64 MiB at once held the log and engine threads
+/// for tens of milliseconds, and acks with them.
 #[derive(Debug, Clone, Default)]
 struct FlatSet {
-    slots: Slots,
+    slots: Vec<Fingerprint>,
     /// Fingerprints in `slots`.
     len: usize,
     /// The table being emptied into `slots` (empty when none), the next
     /// slot of it to move, and how many fingerprints it still holds.
-    old: Slots,
+    old: Vec<Fingerprint>,
     old_next: usize,
     old_len: usize,
-    /// The successor of `slots` being zeroed (empty: none under way), and
-    /// the slots' worth of zeroing owed to it.
-    next: Slots,
-    next_owed: usize,
+    /// The successor of `slots` being zeroed, and the size it will have
+    /// (0: none under way).
+    next: Vec<Fingerprint>,
+    next_size: usize,
     has_zero: bool,
-}
-
-/// A table of fingerprint slots held in chunks of at most
-/// [`Slots::CHUNK`] slots, each behind an `Arc`. A clone shares every
-/// chunk, so copying the desk for a snapshot costs a pointer per 64 KiB
-/// instead of a copy of the whole table (the engine's dedup sets were
-/// 60–80 % of that copy, 14–210 ms of the engine thread after 4 M
-/// events). A write copies its chunk first while a clone still holds it:
-/// after a snapshot the copying is spread over the inserts that follow,
-/// 64 KiB at a time, and only while the writer still reads the old chunks.
-#[derive(Debug, Clone, Default)]
-struct Slots {
-    chunks: Vec<Arc<[Fingerprint]>>,
-    /// Slots of the whole table (a power of two, or 0), of which the first
-    /// `chunks.len() << shift` exist so far.
-    size: usize,
-    /// log2 of the slots per chunk.
-    shift: u32,
-}
-
-impl Slots {
-    /// Slots per chunk of a large table: 64 KiB.
-    const CHUNK: usize = 1 << 12;
-
-    /// A table of `size` slots (a power of two) with no chunk yet.
-    fn planned(size: usize) -> Self {
-        debug_assert!(size.is_power_of_two());
-        Self {
-            chunks: Vec::with_capacity(size.div_ceil(Self::CHUNK)),
-            size,
-            shift: size.min(Self::CHUNK).trailing_zeros(),
-        }
-    }
-
-    /// A table of `size` empty slots.
-    fn zeroed(size: usize) -> Self {
-        let mut table = Self::planned(size);
-        table.zero_chunks(usize::MAX);
-        table
-    }
-
-    /// Adds up to `n` more zeroed chunks; false once the table is whole.
-    fn zero_chunks(&mut self, n: usize) -> bool {
-        let per_chunk = 1 << self.shift;
-        for _ in 0..n {
-            if self.is_whole() {
-                return false;
-            }
-            self.chunks.push(std::iter::repeat_n(0, per_chunk).collect());
-        }
-        !self.is_whole()
-    }
-
-    fn is_whole(&self) -> bool {
-        self.chunks.len() << self.shift == self.size
-    }
-
-    fn len(&self) -> usize {
-        self.size
-    }
-
-    fn is_empty(&self) -> bool {
-        self.size == 0
-    }
-
-    fn slot(&self, i: usize) -> &Fingerprint {
-        &self.chunks[i >> self.shift][i & ((1 << self.shift) - 1)]
-    }
-
-    fn get(&self, i: usize) -> Fingerprint {
-        *self.slot(i)
-    }
-
-    fn set(&mut self, i: usize, fp: Fingerprint) {
-        let mask = (1 << self.shift) - 1;
-        Arc::make_mut(&mut self.chunks[i >> self.shift])[i & mask] = fp;
-    }
-
-    /// Slots `from..`, in order.
-    fn iter_from(&self, from: usize) -> impl Iterator<Item = Fingerprint> + '_ {
-        self.chunks.iter().flat_map(|c| c.iter().copied()).skip(from)
-    }
 }
 
 impl FlatSet {
@@ -176,8 +89,8 @@ impl FlatSet {
     /// Old slots moved per insert while growing: the move ends long before
     /// the new table (twice the size) is full.
     const MOVE_PER_INSERT: usize = 32;
-    /// Successor slots zeroed per insert (a chunk every 64 inserts): it is
-    /// ready by about 6.3/10 full, long before it is needed at 7/10.
+    /// Successor slots zeroed per insert: it is ready by about 6.3/10
+    /// full, long before it is needed at 7/10.
     const ZERO_PER_INSERT: usize = 64;
 
     fn from_vec(fps: Vec<Fingerprint>) -> Self {
@@ -190,11 +103,11 @@ impl FlatSet {
     }
 
     fn to_vec(&self) -> Vec<Fingerprint> {
-        let moving = if self.old.is_empty() { 0 } else { self.old_next };
         let mut out: Vec<Fingerprint> = self
             .slots
-            .iter_from(0)
-            .chain(self.old.iter_from(moving))
+            .iter()
+            .chain(&self.old[self.old_next.min(self.old.len())..])
+            .copied()
             .filter(|&fp| fp != 0)
             .collect();
         if self.has_zero {
@@ -215,11 +128,11 @@ impl FlatSet {
 
     /// Where `fp` (not 0) is in `table` (`Ok`), or the empty slot where it
     /// would go (`Err`); `table` is not empty and never full.
-    fn find(table: &Slots, fp: Fingerprint) -> Result<usize, usize> {
+    fn find(table: &[Fingerprint], fp: Fingerprint) -> Result<usize, usize> {
         let mask = table.len() - 1;
         let mut i = Self::home(fp, table.len());
         loop {
-            match table.get(i) {
+            match table[i] {
                 0 => return Err(i),
                 x if x == fp => return Ok(i),
                 _ => i = (i + 1) & mask,
@@ -228,14 +141,14 @@ impl FlatSet {
     }
 
     /// Whether `table` holds `fp` (not 0).
-    fn probe(table: &Slots, fp: Fingerprint) -> bool {
+    fn probe(table: &[Fingerprint], fp: Fingerprint) -> bool {
         !table.is_empty() && Self::find(table, fp).is_ok()
     }
 
     /// Puts `fp`, known to be absent, into `table`, which has room.
-    fn place(table: &mut Slots, fp: Fingerprint) {
+    fn place(table: &mut [Fingerprint], fp: Fingerprint) {
         if let Err(i) = Self::find(table, fp) {
-            table.set(i, fp);
+            table[i] = fp;
         }
     }
 
@@ -267,9 +180,9 @@ impl FlatSet {
         if self.old.is_empty() {
             return;
         }
-        let end = self.old_next.saturating_add(n).min(self.old.len());
+        let end = (self.old_next + n).min(self.old.len());
         for i in self.old_next..end {
-            let fp = self.old.get(i);
+            let fp = self.old[i];
             if fp != 0 {
                 Self::place(&mut self.slots, fp);
                 self.len += 1;
@@ -278,24 +191,17 @@ impl FlatSet {
         }
         self.old_next = end;
         if end == self.old.len() {
-            self.old = Slots::default();
+            self.old = Vec::new();
             self.old_next = 0;
         }
     }
 
-    /// Owes `n` more slots of zeroing to the successor table, if one is
-    /// under way, and pays it a whole chunk at a time.
+    /// Zeroes up to `n` more slots of the successor table, if one is under
+    /// way. `next` has its full capacity from the start, so this never
+    /// reallocates; the pages it touches are new.
     fn zero_some(&mut self, n: usize) {
-        if self.next.is_empty() {
-            return;
-        }
-        self.next_owed += n;
-        let per_chunk = 1 << self.next.shift;
-        let chunks = self.next_owed / per_chunk;
-        self.next_owed %= per_chunk;
-        if !self.next.zero_chunks(chunks) {
-            self.next_owed = 0;
-        }
+        let missing = self.next_size - self.next.len();
+        self.next.extend(std::iter::repeat_n(0, n.min(missing)));
     }
 
     /// Makes room for `extra` more fingerprints within the load limit: at
@@ -305,10 +211,10 @@ impl FlatSet {
         if need * 10 <= self.slots.len() * 6 {
             return;
         }
-        if self.next.is_empty() && self.old.is_empty() && !self.slots.is_empty() {
+        if self.next_size == 0 && self.old.is_empty() && !self.slots.is_empty() {
             // Start zeroing the successor ahead of need.
-            self.next = Slots::planned(2 * self.slots.len());
-            self.next_owed = 0;
+            self.next_size = 2 * self.slots.len();
+            self.next = Vec::with_capacity(self.next_size);
         }
         if need * 10 <= self.slots.len() * 7 {
             return;
@@ -320,10 +226,10 @@ impl FlatSet {
             size *= 2;
         }
         let mut table = std::mem::take(&mut self.next);
-        if table.len() == size {
-            table.zero_chunks(usize::MAX);
+        if std::mem::take(&mut self.next_size) == size {
+            table.resize(size, 0);
         } else {
-            table = Slots::zeroed(size);
+            table = vec![0; size];
         }
         let old = std::mem::replace(&mut self.slots, table);
         if self.len == 0 {
@@ -343,7 +249,7 @@ impl FlatSet {
     fn prefetch(&self, fp: Fingerprint) {
         for table in [&self.slots, &self.old] {
             if !table.is_empty() {
-                mem_prefetch::prefetch_read_data::<_, 3>(table.slot(Self::home(fp, table.len())));
+                mem_prefetch::prefetch_read_data::<_, 3>(&table[Self::home(fp, table.len())]);
             }
         }
     }
@@ -613,7 +519,7 @@ mod tests {
         let mut growths = 0;
         for i in 0..100_000u64 {
             let size = set.slots.len();
-            let ready = !set.next.is_empty() && set.next.is_whole();
+            let ready = set.next_size > 0 && set.next.len() == set.next_size;
             assert!(set.insert(fingerprint("s", &i.to_string())));
             if size > 0 && set.slots.len() != size {
                 // Each growth past the first table takes the successor
@@ -621,7 +527,7 @@ mod tests {
                 assert!(ready, "the successor of {size} slots was zeroed in time");
                 growths += 1;
             }
-            assert!(set.next.chunks.len() << set.next.shift <= set.next.len());
+            assert!(set.next.len() <= set.next_size);
         }
         assert!(growths >= 6, "{growths} growths");
         assert!(
@@ -629,39 +535,6 @@ mod tests {
                 .step_by(997)
                 .all(|i| set.contains(fingerprint("s", &i.to_string())))
         );
-    }
-
-    #[test]
-    fn a_copy_shares_the_tables_until_either_side_writes() {
-        let mut set = FlatSet::default();
-        let fps: Vec<Fingerprint> = (0..20_000u64).map(|i| fingerprint("s", &i.to_string())).collect();
-        for &fp in &fps[..10_000] {
-            set.insert(fp);
-        }
-        let copy = set.clone();
-        let shared = |a: &FlatSet, b: &FlatSet| {
-            a.slots
-                .chunks
-                .iter()
-                .zip(&b.slots.chunks)
-                .filter(|(x, y)| Arc::ptr_eq(x, y))
-                .count()
-        };
-        assert!(set.slots.chunks.len() > 1, "a table of several chunks");
-        assert_eq!(
-            shared(&set, &copy),
-            set.slots.chunks.len(),
-            "the copy took no chunk of its own"
-        );
-        let mut original = set;
-        for &fp in &fps[10_000..] {
-            original.insert(fp);
-        }
-        // Each side sees exactly its own inserts.
-        assert!(fps.iter().all(|&fp| original.contains(fp)));
-        assert!(fps[..10_000].iter().all(|&fp| copy.contains(fp)));
-        assert!(!fps[10_000..].iter().any(|&fp| copy.contains(fp)));
-        assert_eq!(copy.to_vec().len(), 10_000);
     }
 
     #[test]
