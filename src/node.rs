@@ -813,12 +813,14 @@ impl Snapshots {
         let (dir, log_dir, seq) = (self.dir.clone(), self.log_dir.clone(), self.through);
         self.since = 0;
         let write = move || {
-            let body = copy.snapshot();
-            match log::snapshot::write(&dir, seq, &body) {
+            let pieces = copy.snapshot_pieces();
+            drop(copy);
+            let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+            match log::snapshot::write(&dir, seq, &pieces) {
                 Ok(()) => {
                     tracing::info!(
                         seq,
-                        bytes = body.len(),
+                        bytes = pieces.iter().map(|p| p.len()).sum::<usize>(),
                         copy_millis = copied_ms,
                         millis = started.elapsed().as_millis() as u64,
                         "wrote an engine snapshot"
