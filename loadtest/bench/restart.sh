@@ -14,7 +14,9 @@ PORT=${PORT:-18599}
 cargo build --release -p deskpulse -p deskpulse-loadtest --bins >/dev/null
 B=target/release
 TMP=$(mktemp -d /tmp/deskpulse-restart.XXXXXX)
-trap 'pkill -f "listen 127.0.0.1:$PORT" 2>/dev/null || true; rm -rf "$TMP"' EXIT
+# The restarted server is stopped and waited for before its directory goes:
+# its shutdown writes a last snapshot there.
+trap 'pkill -f "listen 127.0.0.1:$PORT" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$TMP"' EXIT
 $B/deskpulse-loadtest generate --events "$EVENTS" --out "$TMP/log.ndjson" >/dev/null
 (cd "$TMP" && split -l "$CHUNK" -d -a 5 log.ndjson part.)
 $B/deskpulse serve --listen 127.0.0.1:$PORT --clock event --data-dir "$TMP/data" >"$TMP/out1" 2>"$TMP/err1" &
@@ -31,5 +33,7 @@ $B/deskpulse serve --listen 127.0.0.1:$PORT --clock event --data-dir "$TMP/data"
 until curl -sf http://127.0.0.1:$PORT/healthz >"$TMP/health.json"; do sleep 0.05; done
 S1=$(date +%s.%N)
 curl -sf http://127.0.0.1:$PORT/v1/desk/stats >"$TMP/after.json"
+# What the start spent its time on (snapshot load, then the log).
+sed 's/\x1b\[[0-9;]*m//g' "$TMP/err2" | grep -E "restored the engine snapshot|recovered from the log" || true
 same=$(cmp -s "$TMP/before.json" "$TMP/after.json" && echo yes || echo NO)
 echo "events $EVENTS  ingest $(echo "$T1 - $T0" | bc) s  restart to healthy $(echo "$S1 - $S0" | bc) s  replayed $(grep -o '"recovered_records":[0-9]*' "$TMP/health.json" | cut -d: -f2) records  same desk totals: $same  data $(du -sh "$TMP/data" | cut -f1)"
