@@ -135,6 +135,20 @@ impl Reading {
         }
     }
 
+    /// Whether [`AlertBook::observe`] would change anything for a key whose
+    /// active alert has severity `active` (`None`: no active alert): raise,
+    /// resolve or escalate. When it would not, it returns `active` and
+    /// records nothing, so the engine skips the call and its lookups (two
+    /// string-keyed maps; 10 % of `apply` on a desk of 20 000 agents with
+    /// many alerts standing).
+    pub fn moves(&self, active: Option<Severity>, t: &Thresholds) -> bool {
+        match active {
+            None => self.raise,
+            Some(Severity::Warning) => self.resolve || self.value_ms > t.critical_ms,
+            Some(Severity::Critical) => self.resolve,
+        }
+    }
+
     /// `customer_waiting` from the oldest open wait.
     pub fn customer_waiting(oldest_wait_ms: u64, t: &Thresholds) -> Self {
         Self {
@@ -304,4 +318,56 @@ fn alert_id(shop: &ShopId, agent: &AgentId, rule: Rule, n: u64) -> String {
     h.write(rule.as_str().as_bytes());
     h.write_u64(n);
     format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_that_does_not_move_leaves_the_book_as_it_is() {
+        let t = Thresholds::default();
+        let (shop, agent) = (ShopId::new("s"), AgentId::new("a"));
+        let values = [
+            0,
+            t.clear_ms,
+            t.clear_ms + 1,
+            t.norm_ms,
+            t.norm_ms + 1,
+            t.critical_ms,
+            t.critical_ms + 1,
+        ];
+        for start in [None, Some(t.norm_ms + 1), Some(t.critical_ms + 1)] {
+            for value_ms in values {
+                for (raise, resolve) in [(false, false), (true, false), (false, true)] {
+                    let mut book = AlertBook::default();
+                    let mut active = None;
+                    if let Some(v) = start {
+                        let opening = Reading {
+                            value_ms: v,
+                            raise: true,
+                            resolve: false,
+                        };
+                        active = book.observe(&shop, &agent, Rule::SlowAverage, opening, &t, 0);
+                    }
+                    book.take_changes();
+                    let reading = Reading {
+                        value_ms,
+                        raise,
+                        resolve,
+                    };
+                    let after = book.observe(&shop, &agent, Rule::SlowAverage, reading, &t, 1);
+                    let changed = !book.take_changes().is_empty();
+                    assert_eq!(
+                        reading.moves(active, &t),
+                        changed,
+                        "{active:?} then {reading:?}: moves() says whether observe changes the book"
+                    );
+                    if !changed {
+                        assert_eq!(after, active);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1262,7 +1262,7 @@ impl Engine {
         let oldest = p.waits.oldest();
         let age = oldest.map_or(0, |s| now.saturating_sub(s).max(0) as u64);
         let reading = Reading::customer_waiting(age, &t);
-        if reading.raise || p.waiting_alert.is_some() {
+        if reading.moves(p.waiting_alert, &t) {
             p.waiting_alert = alerts.observe(shop_id, &agents[a as usize].id, Rule::CustomerWaiting, reading, &t, now);
         }
         let next = oldest.and_then(|start| match p.waiting_alert {
@@ -1291,7 +1291,7 @@ impl Engine {
         let lo = now.saturating_sub(w) + 1;
         let (count, sum, oldest) = p.samples.responses_since(lo);
         let reading = Reading::slow_average(count, sum, &t);
-        if reading.raise || p.slow_alert.is_some() {
+        if reading.moves(p.slow_alert, &t) {
             p.slow_alert = alerts.observe(shop_id, &agents[a as usize].id, Rule::SlowAverage, reading, &t, now);
         }
         // The average next changes when the oldest sample leaves the window.
