@@ -199,26 +199,10 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
         // desk that has been up for a while).
         const WARM_UP: usize = 1_000_000;
         let events = workload(WARM_UP + 2_000_000, agents, shops, 7);
-        let (first, rest) = events.split_at(2_000_000);
-        let cold = best_of_3(|| {
-            let mut engine = Engine::new(settings());
-            let t = Instant::now();
-            apply_frames(&mut engine, first);
-            let took = t.elapsed().as_secs_f64();
-            std::hint::black_box(&engine);
-            took
-        });
+        let first = &events[..2_000_000];
         let warm_part = &events[WARM_UP..];
-        let warm = best_of_3(|| {
-            let mut engine = Engine::new(settings());
-            apply_frames(&mut engine, &events[..WARM_UP]);
-            let t = Instant::now();
-            apply_frames(&mut engine, warm_part);
-            let took = t.elapsed().as_secs_f64();
-            std::hint::black_box(&engine);
-            took
-        });
-        debug_assert_eq!(rest.len() + first.len(), events.len());
+        let cold = best_of_3(|| time_apply(&[], first));
+        let warm = best_of_3(|| time_apply(&events[..WARM_UP], warm_part));
         println!(
             "apply: {} events, {agents} agents, {shops} shops, fresh engine: best of 3 {cold:.3} s = {:.2} M events/s",
             first.len(),
@@ -235,6 +219,17 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
 /// The fastest of three runs of `run` (each returns its own seconds).
 fn best_of_3(mut run: impl FnMut() -> f64) -> f64 {
     (0..3).map(|_| run()).fold(f64::MAX, f64::min)
+}
+
+/// Seconds a fresh engine takes to apply `timed`, after `warm_up` untimed.
+fn time_apply(warm_up: &[Event], timed: &[Event]) -> f64 {
+    let mut engine = Engine::new(settings());
+    apply_frames(&mut engine, warm_up);
+    let t = Instant::now();
+    apply_frames(&mut engine, timed);
+    let took = t.elapsed().as_secs_f64();
+    std::hint::black_box(&engine);
+    took
 }
 
 /// Frames of 100 events, as the server applies them, with alert changes
