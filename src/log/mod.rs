@@ -389,14 +389,21 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn the_open_segment_is_never_removed() {
-        let dir = temp_dir("remove-open");
+    /// A log of 40 committed records, in segments of 100 bytes (two or
+    /// three records each), still open for writing.
+    fn log_of_40_records(name: &str) -> (PathBuf, LogWriter) {
+        let dir = temp_dir(name);
         let (mut w, _) = LogWriter::open(&dir, 0, 100, |_, _, _| {}).unwrap();
         for _ in 0..40 {
             w.append(RecordKind::Event, b"0123456789012345678901234567890123456789");
             w.commit().unwrap();
         }
+        (dir, w)
+    }
+
+    #[test]
+    fn the_open_segment_is_never_removed() {
+        let (dir, mut w) = log_of_40_records("remove-open");
         // A snapshot "past everything" still leaves the segment being written.
         remove_segments_before(&dir, u64::MAX).unwrap();
         assert_eq!(segments(&dir).unwrap().len(), 1);
@@ -410,12 +417,7 @@ mod tests {
 
     #[test]
     fn segments_below_a_snapshot_are_removed() {
-        let dir = temp_dir("remove");
-        let (mut w, _) = LogWriter::open(&dir, 0, 100, |_, _, _| {}).unwrap();
-        for _ in 0..40 {
-            w.append(RecordKind::Event, b"0123456789012345678901234567890123456789");
-            w.commit().unwrap();
-        }
+        let (dir, w) = log_of_40_records("remove");
         let before = segments(&dir).unwrap().len();
         let removed = remove_segments_before(&dir, 20).unwrap();
         assert!(removed > 0);
