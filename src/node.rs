@@ -828,7 +828,6 @@ impl Snapshots {
             let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
             match log::snapshot::write(&dir, seq, &pieces) {
                 Ok(()) => {
-                    let written = Some(seq);
                     tracing::info!(
                         seq,
                         bytes = pieces.iter().map(|p| p.len()).sum::<usize>(),
@@ -845,7 +844,7 @@ impl Snapshots {
                             tracing::warn!(error = %e, "could not remove old log segments; the next snapshot retries")
                         }
                     }
-                    written
+                    Some(seq)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not write a snapshot; the log keeps everything");
