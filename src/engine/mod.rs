@@ -277,7 +277,16 @@ struct Conversation {
     agent: Option<AgentIx>,
     wait_start: Option<i64>,
     responded: bool,
+    /// Whether this conversation holds the mark of (its agent, its
+    /// customer): see [`Marks::held_by`].
+    holds_mark: bool,
     last_ts: i64,
+    /// While `holds_mark`: the mark's latest `counted` and `replied`
+    /// times written through this conversation (`i64::MIN`: none yet).
+    /// A message then updates the line the engine has already read for
+    /// the conversation rather than probing the agent's mark table.
+    counted: i64,
+    replied: i64,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -332,7 +341,16 @@ struct Marks {
     counted: i64,
     replied: i64,
     paid: i64,
+    /// The open conversation that holds this mark ([`NO_CONVERSATION`]:
+    /// none): it is assigned to the mark's agent, names the mark's
+    /// customer, and keeps later `counted` and `replied` times in its own
+    /// fields until it is released (agent or customer changed, closed).
+    /// A held mark is never dropped by the clean-up.
+    held_by: ConvIx,
 }
+
+/// [`Marks::held_by`] of a mark no conversation holds.
+const NO_CONVERSATION: ConvIx = ConvIx::MAX;
 
 impl Default for Marks {
     fn default() -> Self {
@@ -340,8 +358,27 @@ impl Default for Marks {
             counted: i64::MIN,
             replied: i64::MIN,
             paid: i64::MIN,
+            held_by: NO_CONVERSATION,
         }
     }
+}
+
+impl Marks {
+    /// `counted` and `replied` in force: the later of the table's and the
+    /// holding conversation's.
+    fn counted_replied(&self, conversations: &Slab<Conversation>) -> (i64, i64) {
+        match conversations.get(self.held_by) {
+            Some(c) if self.held_by != NO_CONVERSATION => (self.counted.max(c.counted), self.replied.max(c.replied)),
+            _ => (self.counted, self.replied),
+        }
+    }
+}
+
+/// Which time of a [`Marks`] an event moves.
+#[derive(Debug, Clone, Copy)]
+enum MarkTime {
+    Counted,
+    Replied,
 }
 
 /// What [`Shop::customer_in`] learned of a chat event's conversation, so
@@ -472,6 +509,27 @@ impl Shop {
         };
         self.touch_customer(ix, ts);
         ix
+    }
+
+    /// Folds the mark conversation `c` holds, if any, back into its
+    /// agent's table: before the conversation's agent or customer changes
+    /// or it closes.
+    fn release_mark(&mut self, c: ConvIx) {
+        let conversation = &mut self.conversations[c];
+        if !std::mem::take(&mut conversation.holds_mark) {
+            return;
+        }
+        let counted = std::mem::replace(&mut conversation.counted, i64::MIN);
+        let replied = std::mem::replace(&mut conversation.replied, i64::MIN);
+        let a = conversation.agent.expect("a held mark has an agent");
+        let m = self
+            .partials
+            .get_mut(&a)
+            .and_then(|p| p.marks.get_mut(&conversation.customer))
+            .expect("a held mark is in its agent's table");
+        m.counted = m.counted.max(counted);
+        m.replied = m.replied.max(replied);
+        m.held_by = NO_CONVERSATION;
     }
 
     fn touch_customer(&mut self, ix: CustIx, ts: i64) {
@@ -1019,12 +1077,18 @@ impl Engine {
                     agent: None,
                     wait_start: None,
                     responded: false,
+                    holds_mark: false,
                     last_ts: ts,
+                    counted: i64::MIN,
+                    replied: i64::MIN,
                 });
                 shop.conversation_ix.insert(key, ix);
                 (ix, true)
             }
         };
+        if !is_new && shop.conversations[ix].customer != customer {
+            shop.release_mark(ix);
+        }
         let c = &mut shop.conversations[ix];
         c.last_ts = c.last_ts.max(ts);
         if is_new {
@@ -1065,8 +1129,7 @@ impl Engine {
             }
         }
         if let Some(a) = assigned {
-            let m = self.partial(s, a).marks.entry(cu).or_default();
-            m.counted = m.counted.max(ts);
+            self.mark(s, c, a, MarkTime::Counted, ts);
             self.touched.push((s, a));
         }
     }
@@ -1087,9 +1150,8 @@ impl Engine {
             conversation.responded = true;
             (start, first)
         });
+        self.mark(s, c, a, MarkTime::Replied, ts);
         let p = self.partial(s, a);
-        let m = p.marks.entry(cu).or_default();
-        m.replied = m.replied.max(ts);
         if let Some((start, first)) = answered {
             p.waits.remove(start);
             let ms = (ts - start).max(0) as u64;
@@ -1100,6 +1162,36 @@ impl Engine {
         }
     }
 
+    /// Moves the `time` of the mark of (agent `a`, the customer of
+    /// conversation `c`) to `ts` at least; `c` is assigned to `a`. The
+    /// first time goes to the agent's table, where the conversation takes
+    /// the mark if no other holds it; later ones stay in the conversation.
+    fn mark(&mut self, s: ShopIx, c: ConvIx, a: AgentIx, time: MarkTime, ts: i64) {
+        let conversation = &mut self.shops[s as usize].conversations[c];
+        debug_assert_eq!(conversation.agent, Some(a));
+        let cu = conversation.customer;
+        if conversation.holds_mark {
+            let at = match time {
+                MarkTime::Counted => &mut conversation.counted,
+                MarkTime::Replied => &mut conversation.replied,
+            };
+            *at = (*at).max(ts);
+            // Listed as changed for the stream.
+            self.partial(s, a);
+            return;
+        }
+        let m = self.partial(s, a).marks.entry(cu).or_default();
+        let at = match time {
+            MarkTime::Counted => &mut m.counted,
+            MarkTime::Replied => &mut m.replied,
+        };
+        *at = (*at).max(ts);
+        if m.held_by == NO_CONVERSATION {
+            m.held_by = c;
+            self.shops[s as usize].conversations[c].holds_mark = true;
+        }
+    }
+
     /// Assigns conversation `c` to agent `a`, moving its open wait along.
     fn assign(&mut self, s: ShopIx, c: ConvIx, a: AgentIx, ts: i64) {
         let shop = &mut self.shops[s as usize];
@@ -1107,6 +1199,8 @@ impl Engine {
         if conversation.agent == Some(a) {
             return;
         }
+        shop.release_mark(c);
+        let conversation = &mut shop.conversations[c];
         let old = conversation.agent.replace(a);
         let wait = conversation.wait_start;
         let cu = conversation.customer;
@@ -1131,8 +1225,7 @@ impl Engine {
         p.open_conversations += 1;
         if let Some(start) = wait {
             p.waits.add(start);
-            let m = p.marks.entry(cu).or_default();
-            m.counted = m.counted.max(ts);
+            self.mark(s, c, a, MarkTime::Counted, ts);
         }
         if let Some(o) = old {
             self.mark_agent(o);
@@ -1146,6 +1239,7 @@ impl Engine {
         let Some(ix) = shop.conversation_ix.remove(&id_key(conv.as_str())) else {
             return;
         };
+        shop.release_mark(ix);
         let c = shop.conversations.remove(ix).expect("indexed conversations are live");
         if let Some(cust) = shop.customers.get_mut(c.customer) {
             cust.open -= 1;
@@ -1335,8 +1429,9 @@ impl Engine {
             }
             let shop = &mut self.shops[s as usize];
             for p in shop.partials.values_mut() {
-                p.marks
-                    .retain(|_, m| m.counted.max(m.replied).max(m.paid) > now - MARK_RETENTION_MS);
+                p.marks.retain(|_, m| {
+                    m.held_by != NO_CONVERSATION || m.counted.max(m.replied).max(m.paid) > now - MARK_RETENTION_MS
+                });
                 p.samples.prune(now);
             }
             // Every mark's time is at most its customer's `last_ts`, so no
@@ -1369,11 +1464,12 @@ impl Engine {
             if range.contains(m.paid) {
                 counts.buyers += 1;
             }
-            if !range.contains(m.counted) || s.flagged(cu) {
+            let (counted, replied) = m.counted_replied(&s.conversations);
+            if !range.contains(counted) || s.flagged(cu) {
                 continue;
             }
             counts.customers += 1;
-            if range.contains(m.replied) {
+            if range.contains(replied) {
                 counts.replied_customers += 1;
             }
             if range.contains(m.paid) {
@@ -1678,9 +1774,34 @@ impl Engine {
                 assert_eq!(c.open, open.get(&cu).copied().unwrap_or(0), "open count of {}", c.id);
                 assert_eq!(shop.customer_ix.get(&id_key(c.id.as_str())), Some(&cu));
             }
-            for p in shop.partials.values() {
-                for cu in p.marks.keys() {
+            for (&a, p) in &shop.partials {
+                for (cu, m) in &p.marks {
                     assert!(shop.customers.get(*cu).is_some(), "a mark names a dead customer slot");
+                    if m.held_by != NO_CONVERSATION {
+                        let c = shop
+                            .conversations
+                            .get(m.held_by)
+                            .expect("a mark held by a live conversation");
+                        assert!(
+                            c.holds_mark && c.agent == Some(a) && c.customer == *cu,
+                            "{} holds the mark",
+                            c.id
+                        );
+                    }
+                }
+            }
+            for (ix, c) in shop.conversations.iter() {
+                if c.holds_mark {
+                    let a = c.agent.expect("a conversation holding a mark is assigned");
+                    let m = shop.partials[&a].marks.get(&c.customer).expect("the held mark exists");
+                    assert_eq!(m.held_by, ix, "the mark {} holds points back at it", c.id);
+                } else {
+                    assert_eq!(
+                        (c.counted, c.replied),
+                        (i64::MIN, i64::MIN),
+                        "{} keeps no mark times",
+                        c.id
+                    );
                 }
             }
         }

@@ -909,3 +909,95 @@ fn waits_are_stored_as_the_start_to_count_map_they_were() {
     let back: super::Waits = postcard::from_bytes(&bytes).unwrap();
     assert_eq!((back.starts, back.count), (vec![(10, 2), (20, 1), (30, 1)], 4));
 }
+
+#[test]
+fn a_conversation_holds_its_agents_mark_until_transfer_or_close() {
+    let mut d = Desk::new();
+    d.customer(T0, "k1", "u1", Some("a1"));
+    d.reply(T0 + 10 * S, "k1", "u1", "a1");
+    // A second open conversation of the same customer and agent writes to
+    // the table: the first one holds the mark.
+    d.customer(T0 + 20 * S, "k2", "u1", Some("a1"));
+    d.reply(T0 + 30 * S, "k2", "u1", "a1");
+    d.engine.assert_consistent();
+    assert_eq!((d.today("a1").customers, d.today("a1").replied_customers), (1, 1));
+    // Later times written through k1 count in the 5-minute window.
+    d.customer(T0 + 20 * MIN, "k1", "u1", None);
+    let five = d.stats("a1", Window::Min5).metrics;
+    assert_eq!((five.customers, five.replied_customers), (1, 0));
+    // A transfer releases the mark: a1 keeps the times, a2 starts its own.
+    d.assign(T0 + 21 * MIN, "k1", "u1", "a2", Some("a1"));
+    d.engine.assert_consistent();
+    d.reply(T0 + 22 * MIN, "k1", "u1", "a2");
+    let (a1, a2) = (d.stats("a1", Window::Min5).metrics, d.stats("a2", Window::Min5).metrics);
+    assert_eq!((a1.customers, a1.replied_customers), (1, 0));
+    assert_eq!((a2.customers, a2.replied_customers), (1, 1));
+    // Closing k1 folds a2's times into its table.
+    d.close(T0 + 23 * MIN, "k1");
+    d.engine.assert_consistent();
+    let a2 = d.stats("a2", Window::Min5).metrics;
+    assert_eq!((a2.customers, a2.replied_customers), (1, 1));
+    // A conversation moved to another customer id releases the old mark.
+    d.customer(T0 + 24 * MIN, "k2", "u9", None);
+    d.engine.assert_consistent();
+    assert_eq!(d.stats("a1", Window::Min5).metrics.customers, 2);
+}
+
+#[test]
+fn held_marks_outlive_the_clean_up_and_survive_a_snapshot() {
+    let mut d = Desk::new();
+    d.customer(T0, "k1", "u1", Some("a1"));
+    // Two days later k1 still waits for its reply: the clean-up keeps the
+    // mark its conversation holds, and the reply counts u1 as replied.
+    let later = T0 + 50 * 3_600_000;
+    d.customer(later, "k2", "u2", Some("a2"));
+    d.engine.assert_consistent();
+    let bytes = d.engine.snapshot();
+    d.engine = Engine::restore(d.engine.settings().clone(), &bytes).expect("the snapshot loads");
+    d.engine.assert_consistent();
+    d.reply(later + S, "k1", "u1", "a1");
+    assert_eq!(
+        d.stats("a1", Window::Min5).metrics.customers,
+        0,
+        "u1 last wrote two days ago"
+    );
+    d.customer(later + 2 * S, "k1", "u1", None);
+    let a1 = d.stats("a1", Window::Min5).metrics;
+    assert_eq!((a1.customers, a1.replied_customers), (1, 1));
+}
+
+/// Random churn over few ids, so conversations change agents and
+/// customers, close, reopen and outlive clean-ups: every index stays
+/// consistent after every event.
+#[test]
+fn indexes_stay_consistent_under_random_churn() {
+    let mut d = Desk::new();
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut ts = T0;
+    for _ in 0..4_000 {
+        ts += if next(50) == 0 {
+            7 * 3_600_000
+        } else {
+            next(20) as i64 * S
+        };
+        let conv = format!("k{}", next(6));
+        let customer = format!("u{}", next(4));
+        let agent = format!("a{}", next(3));
+        match next(8) {
+            0 | 1 => d.customer(ts, &conv, &customer, Some(&agent)),
+            2 => d.customer(ts, &conv, &customer, None),
+            3 | 4 => d.reply(ts, &conv, &customer, &agent),
+            5 => d.assign(ts, &conv, &customer, &agent, Some("a0")),
+            6 => d.close(ts, &conv),
+            _ if next(10) == 0 => d.flag(ts, &customer),
+            _ => d.order(ts, &customer, 100),
+        }
+        d.engine.assert_consistent();
+    }
+}
