@@ -193,26 +193,35 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
         if !want(&format!("apply-{agents}")) {
             continue;
         }
-        // Two figures: a fresh engine taking 2 M events (its tables grow
-        // and the kernel zeroes their new pages as it goes), and a warm one
+        // Two desks: a fresh engine taking 2 M events (its tables grow and
+        // the kernel zeroes their new pages as it goes), and a warm one
         // taking the next 2 M after 1 M (tables at a working size, as on a
-        // desk that has been up for a while).
+        // desk that has been up for a while). Each under both clocks: the
+        // event clock of `replay` (time moves and the wait rules run at
+        // every event) and the wall clock `serve` runs on (one tick per
+        // frame, the wait rules once per frame).
         const WARM_UP: usize = 1_000_000;
         let events = workload(WARM_UP + 2_000_000, agents, shops, 7);
         let first = &events[..2_000_000];
         let warm_part = &events[WARM_UP..];
-        let cold = best_of_3(|| time_apply(&[], first));
-        let warm = best_of_3(|| time_apply(&events[..WARM_UP], warm_part));
-        println!(
-            "apply: {} events, {agents} agents, {shops} shops, fresh engine: best of 3 {cold:.3} s = {:.2} M events/s",
-            first.len(),
-            first.len() as f64 / cold / 1e6
-        );
-        println!(
-            "apply: {} events, {agents} agents, {shops} shops, after {WARM_UP} events: best of 3 {warm:.3} s = {:.2} M events/s",
-            warm_part.len(),
-            warm_part.len() as f64 / warm / 1e6
-        );
+        for clock in [Clock::Event, Clock::Wall] {
+            let name = match clock {
+                Clock::Event => "event clock",
+                Clock::Wall => "wall clock",
+            };
+            let cold = best_of_3(|| time_apply(clock, &[], first));
+            let warm = best_of_3(|| time_apply(clock, &events[..WARM_UP], warm_part));
+            println!(
+                "apply: {} events, {agents} agents, {shops} shops, {name}, fresh engine: best of 3 {cold:.3} s = {:.2} M events/s",
+                first.len(),
+                first.len() as f64 / cold / 1e6
+            );
+            println!(
+                "apply: {} events, {agents} agents, {shops} shops, {name}, after {WARM_UP} events: best of 3 {warm:.3} s = {:.2} M events/s",
+                warm_part.len(),
+                warm_part.len() as f64 / warm / 1e6
+            );
+        }
     }
 }
 
@@ -221,9 +230,13 @@ fn best_of_3(mut run: impl FnMut() -> f64) -> f64 {
     (0..3).map(|_| run()).fold(f64::MAX, f64::min)
 }
 
-/// Seconds a fresh engine takes to apply `timed`, after `warm_up` untimed.
-fn time_apply(warm_up: &[Event], timed: &[Event]) -> f64 {
-    let mut engine = Engine::new(settings());
+/// Seconds a fresh engine on `clock` takes to apply `timed`, after
+/// `warm_up` untimed.
+fn time_apply(clock: Clock, warm_up: &[Event], timed: &[Event]) -> f64 {
+    let mut engine = Engine::new(Arc::new(Settings {
+        clock,
+        ..Settings::default()
+    }));
     apply_frames(&mut engine, warm_up);
     let t = Instant::now();
     apply_frames(&mut engine, timed);
@@ -233,9 +246,16 @@ fn time_apply(warm_up: &[Event], timed: &[Event]) -> f64 {
 }
 
 /// Frames of 100 events, as the server applies them, with alert changes
-/// and dirty lists drained every 40 frames as the server does.
+/// and dirty lists drained every 40 frames as the server does. Under the
+/// wall clock, each frame is applied after a tick to its newest `ts`, as
+/// the server ticks to the time it logged the frame at (the workload's
+/// wall time is its event time).
 fn apply_frames(engine: &mut Engine, events: &[Event]) {
+    let wall = engine.settings().clock == Clock::Wall;
     for (i, frame) in events.chunks(100).enumerate() {
+        if wall && let Some(newest) = frame.iter().map(|e| e.ts).max() {
+            engine.tick(newest);
+        }
         drop(engine.apply_batch(frame));
         if i % 40 == 39 {
             drop(engine.take_alert_changes());
