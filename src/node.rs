@@ -65,6 +65,8 @@ pub struct Counters {
     pub truncated_bytes: AtomicU64,
     /// Time from a batch's arrival to its outcome (durable, queued for the engine).
     pub ingest_latency: LatencyHistogram,
+    /// Time of each group commit (write and fsync of the log).
+    pub commit_latency: LatencyHistogram,
     /// Events acknowledged but not yet applied by the engine.
     pub engine_backlog: Backlog,
 }
@@ -688,10 +690,12 @@ fn log_thread(
             continue;
         }
         if durable {
+            let took = t.elapsed();
             counters.commits.fetch_add(1, Ordering::Relaxed);
             counters
                 .commit_micros_total
-                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+            counters.commit_latency.record(took);
         }
         for (cmd, through) in batch.drain(..).zip(through) {
             match cmd {

@@ -79,6 +79,13 @@ async fn http_ingest_acks_after_durable_and_counts_duplicates() {
     assert_eq!(line("deskpulse_ingest_ack_seconds_bucket{le=\"+Inf\"}"), 2.0);
     assert!(line("deskpulse_ingest_ack_seconds_sum") > 0.0);
     assert!(metrics.contains("# TYPE deskpulse_ingest_ack_seconds histogram"));
+    // Two bodies, two group commits: each timed in the commit histogram.
+    assert_eq!(
+        line("deskpulse_log_commit_duration_seconds_count"),
+        line("deskpulse_log_commits_total")
+    );
+    assert!(line("deskpulse_log_commit_duration_seconds_count") >= 2.0);
+    assert!(metrics.contains("# TYPE deskpulse_log_commit_duration_seconds histogram"));
 }
 
 #[tokio::test]

@@ -34,10 +34,13 @@ curl -sf "$URL/metrics" | awk '
   /^deskpulse_ingest_ack_seconds_bucket/ {
     split($0, a, "le=\""); split(a[2], b, "\""); le[b[1]] = $NF
   }
+  /^deskpulse_log_commit_duration_seconds_bucket/ {
+    split($0, a, "le=\""); split(a[2], b, "\""); cle[b[1]] = $NF
+  }
   /^deskpulse_log_commits_total/ { commits = $NF }
   /^deskpulse_log_commit_seconds_total/ { commit_s = $NF }
   END {
-    if (commits > 0) printf "server side: %d group commits (fsyncs), %.2f ms each on average\n", commits, 1000 * commit_s / commits
+    if (commits > 0) printf "server side: %d group commits (fsyncs), %.2f ms each on average, %d over 20 ms, %d over 50 ms\n", commits, 1000 * commit_s / commits, commits - cle["0.02"], commits - cle["0.05"]
     t = le["+Inf"]
     if (t > 0) printf "server side: %d frames acked, %.2f%% within 5 ms, %.2f%% within 20 ms, %.2f%% within 50 ms\n",
       t, 100 * le["0.005"] / t, 100 * le["0.02"] / t, 100 * le["0.05"] / t

@@ -783,20 +783,31 @@ async fn metrics(State(app): AppState) -> Result<Response> {
         "1 while the log can write.",
         vec![(String::new(), if app.node.storage_ok() { 1.0 } else { 0.0 })],
     );
-    {
-        let (counts, sum_us) = c.ingest_latency.cumulative();
-        let name = "deskpulse_ingest_ack_seconds";
-        out.push_str(&format!(
-            "# HELP {name} Time from a batch's arrival to its ack (parsed, durable, applied).\n# TYPE {name} histogram\n"
-        ));
-        let bounds = crate::node::LatencyHistogram::BOUNDS_US
-            .iter()
-            .map(|b| format!("{}", *b as f64 / 1e6));
-        for (le, n) in bounds.chain(std::iter::once("+Inf".to_string())).zip(&counts) {
-            out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {n}\n"));
-        }
-        out.push_str(&format!("{name}_sum {}\n", sum_us as f64 / 1e6));
-        out.push_str(&format!("{name}_count {}\n", counts.last().copied().unwrap_or(0)));
-    }
+    histogram(
+        &mut out,
+        "deskpulse_ingest_ack_seconds",
+        "Time from a batch's arrival to its ack (parsed, durable, applied).",
+        &c.ingest_latency,
+    );
+    histogram(
+        &mut out,
+        "deskpulse_log_commit_duration_seconds",
+        "Time of each group commit: the log's write and fsync.",
+        &c.commit_latency,
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// Appends `hist` to `out` as a Prometheus histogram in seconds.
+fn histogram(out: &mut String, name: &str, help: &str, hist: &crate::node::LatencyHistogram) {
+    let (counts, sum_us) = hist.cumulative();
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+    let bounds = crate::node::LatencyHistogram::BOUNDS_US
+        .iter()
+        .map(|b| format!("{}", *b as f64 / 1e6));
+    for (le, n) in bounds.chain(std::iter::once("+Inf".to_string())).zip(&counts) {
+        out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {n}\n"));
+    }
+    out.push_str(&format!("{name}_sum {}\n", sum_us as f64 / 1e6));
+    out.push_str(&format!("{name}_count {}\n", counts.last().copied().unwrap_or(0)));
 }
