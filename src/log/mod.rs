@@ -12,6 +12,7 @@ pub mod snapshot;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Largest record accepted (a bigger length field means a corrupt frame).
 pub const MAX_RECORD_BYTES: usize = 16 << 20;
@@ -87,7 +88,7 @@ pub fn remove_segments_before(dir: &Path, seq: u64) -> io::Result<u64> {
     for pair in bases.windows(2) {
         let (base, next_base) = (pair[0], pair[1]);
         if next_base <= seq {
-            fs::remove_file(segment_path(dir, base))?;
+            remove_gradually(&segment_path(dir, base))?;
             removed += 1;
         }
     }
@@ -115,6 +116,34 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// fsyncs a directory so a created, renamed or removed entry is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Bytes a big file gives back per step of [`remove_gradually`].
+const REMOVE_STEP_BYTES: u64 = 8 << 20;
+/// Pause between two steps, so that log commits in between each carry at
+/// most one step's worth of freed blocks.
+const REMOVE_STEP_PAUSE: Duration = Duration::from_millis(2);
+
+/// Removes the file at `path` a few MiB at a time: shortened by
+/// [`REMOVE_STEP_BYTES`] per step with a pause between, then unlinked.
+///
+/// Freeing a big file's blocks at once is work for the file system's next
+/// journal commit, which a log `fdatasync` then waits for (on a disk
+/// mounted with `discard`, as here, it includes trimming every freed
+/// block). A probe on this machine measured a concurrent small
+/// `fdatasync` held 21–22 ms by the unlink of a 128 MiB file, and at most
+/// 2.4 ms when the file was shortened 8 MiB at a time first. For
+/// background threads: a 128 MiB file takes ~30 ms.
+pub fn remove_gradually(path: &Path) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    let mut len = file.metadata()?.len();
+    while len > REMOVE_STEP_BYTES {
+        len -= REMOVE_STEP_BYTES;
+        file.set_len(len)?;
+        std::thread::sleep(REMOVE_STEP_PAUSE);
+    }
+    drop(file);
+    fs::remove_file(path)
 }
 
 /// Frames one record into `out`.
@@ -399,6 +428,21 @@ mod tests {
             w.commit().unwrap();
         }
         (dir, w)
+    }
+
+    #[test]
+    fn a_big_file_is_removed_in_steps() {
+        let dir = temp_dir("remove-steps");
+        fs::create_dir_all(&dir).unwrap();
+        for (name, len) in [("big", 3 * REMOVE_STEP_BYTES + 5), ("small", 10), ("empty", 0)] {
+            let path = dir.join(name);
+            File::create(&path).unwrap().set_len(len).unwrap();
+            remove_gradually(&path).unwrap();
+            assert!(!path.exists(), "{name} is gone");
+        }
+        let err = remove_gradually(&dir.join("never-there")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

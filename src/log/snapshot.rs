@@ -55,7 +55,7 @@ pub fn write(dir: &Path, seq: u64, pieces: &[&[u8]]) -> io::Result<()> {
     sync_dir(dir)?;
     let all = list(dir)?;
     for old in all.iter().rev().skip(2) {
-        fs::remove_file(path(dir, *old))?;
+        super::remove_gradually(&path(dir, *old))?;
     }
     Ok(())
 }
