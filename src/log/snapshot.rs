@@ -17,7 +17,7 @@ use super::sync_dir;
 
 const MAGIC: &[u8; 8] = b"DPSNAP03";
 /// Bytes written between two flushes of a snapshot file.
-const SYNC_PIECE: usize = 4 << 20;
+const SYNC_PIECE: usize = 1 << 20;
 /// The magic without its version digits.
 const FAMILY: &[u8; 6] = b"DPSNAP";
 
@@ -44,7 +44,10 @@ pub fn write(dir: &Path, seq: u64, pieces: &[&[u8]]) -> io::Result<()> {
         // the log then never waits behind more than one run of this file
         // (ext4 orders a commit after the data it allocated). Written
         // whole, a 140 MiB snapshot held log commits for 10–40 ms as it
-        // reached the disk, and the acks waiting on them.
+        // reached the disk, and the acks waiting on them. A probe writing
+        // 128 MiB beside a log's small fdatasyncs: with 4 MiB runs the
+        // log waited up to 2.2–7.8 ms, with 1 MiB runs at most 0.6–0.9 ms,
+        // and the file took about as long (0.10–0.35 s against 0.12–0.13).
         for run in pieces.iter().flat_map(|p| p.chunks(SYNC_PIECE)) {
             f.write_all(run)?;
             f.sync_data()?;
