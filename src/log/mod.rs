@@ -124,8 +124,17 @@ const REMOVE_STEP_BYTES: u64 = 8 << 20;
 /// most one step's worth of freed blocks.
 const REMOVE_STEP_PAUSE: Duration = Duration::from_millis(2);
 
-/// Removes the file at `path` a few MiB at a time: shortened by
-/// [`REMOVE_STEP_BYTES`] per step with a pause between, then unlinked.
+/// The suffix of a file being removed: no listing of segments or
+/// snapshots matches it.
+const REMOVING_SUFFIX: &str = ".removing";
+
+/// Removes the file at `path` a few MiB at a time: renamed out of every
+/// listing (durably), shortened by [`REMOVE_STEP_BYTES`] per step with a
+/// pause between, then unlinked. A crash part-way leaves the whole file
+/// under its own name or a shorter one under a name nothing reads (and
+/// [`remove_leftovers`] clears at start): a covered segment cut short
+/// under its own name would read as a torn log, and recovery would drop
+/// every segment after it.
 ///
 /// Freeing a big file's blocks at once is work for the file system's next
 /// journal commit, which a log `fdatasync` then waits for (on a disk
@@ -135,7 +144,8 @@ const REMOVE_STEP_PAUSE: Duration = Duration::from_millis(2);
 /// 2.4 ms when the file was shortened 8 MiB at a time first. For
 /// background threads: a 128 MiB file takes ~30 ms.
 pub fn remove_gradually(path: &Path) -> io::Result<()> {
-    let file = OpenOptions::new().write(true).open(path)?;
+    let retired = retire(path)?;
+    let file = OpenOptions::new().write(true).open(&retired)?;
     let mut len = file.metadata()?.len();
     while len > REMOVE_STEP_BYTES {
         len -= REMOVE_STEP_BYTES;
@@ -143,7 +153,31 @@ pub fn remove_gradually(path: &Path) -> io::Result<()> {
         std::thread::sleep(REMOVE_STEP_PAUSE);
     }
     drop(file);
-    fs::remove_file(path)
+    fs::remove_file(retired)
+}
+
+/// Renames `path` to its [`REMOVING_SUFFIX`] name and makes the rename
+/// durable; returns the new path.
+fn retire(path: &Path) -> io::Result<PathBuf> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(REMOVING_SUFFIX);
+    let retired = PathBuf::from(name);
+    fs::rename(path, &retired)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(retired)
+}
+
+/// Deletes what a crash left of files being removed in `dir`.
+pub fn remove_leftovers(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().ends_with(REMOVING_SUFFIX) {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Frames one record into `out`.
@@ -193,11 +227,18 @@ impl LogWriter {
         mut replay: impl FnMut(u64, RecordKind, &[u8]),
     ) -> io::Result<(Self, Recovery)> {
         fs::create_dir_all(dir)?;
+        remove_leftovers(dir)?;
         let bases = segments(dir)?;
         let mut recovery = Recovery::default();
         let mut next_seq = from;
         let mut last: Option<(u64, u64)> = None; // (base, valid length)
         for (i, &base) in bases.iter().enumerate() {
+            // A segment followed by one starting at or below `from` holds
+            // only records below it (covered by the snapshot): it is not
+            // read, so damage there never cuts the log after it.
+            if bases.get(i + 1).is_some_and(|&next| next <= from) {
+                continue;
+            }
             let mut bytes = Vec::new();
             File::open(segment_path(dir, base))?.read_to_end(&mut bytes)?;
             let mut seq = base;
@@ -442,6 +483,46 @@ mod tests {
         }
         let err = remove_gradually(&dir.join("never-there")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What `kill -9` during a removal once left: a covered segment cut
+    /// short under its own name. Recovery from the snapshot's position
+    /// keeps every record after it.
+    #[test]
+    fn a_covered_segment_cut_short_does_not_cut_the_log_after_it() {
+        let (dir, w) = log_of_40_records("covered-cut");
+        drop(w);
+        let bases = segments(&dir).unwrap();
+        assert!(bases.len() > 4);
+        let first = segment_path(&dir, bases[0]);
+        let len = fs::metadata(&first).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let from = bases[2];
+        let (got, rec) = read_all(&dir, from);
+        assert_eq!(got.len() as u64, 40 - from, "every record from {from} on is replayed");
+        assert_eq!((rec.truncated_bytes, rec.dropped_segments), (0, 0));
+        assert_eq!(segments(&dir).unwrap(), bases);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_removal_renames_first_and_a_leftover_is_cleared_at_open() {
+        let (dir, w) = log_of_40_records("retire");
+        drop(w);
+        let bases = segments(&dir).unwrap();
+        // A crash right after the rename: the segment is out of the log.
+        let retired = retire(&segment_path(&dir, bases[0])).unwrap();
+        assert!(retired.exists());
+        assert_eq!(segments(&dir).unwrap(), bases[1..]);
+        let (got, _) = read_all(&dir, bases[1]);
+        assert_eq!(got.len() as u64, 40 - bases[1]);
+        assert!(!retired.exists(), "opening the log removes the leftover");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -85,6 +85,9 @@ fn list(dir: &Path) -> io::Result<Vec<u64>> {
 
 /// The newest intact snapshot: `(seq, body)`. Damaged files are skipped.
 pub fn read_latest(dir: &Path) -> io::Result<Option<(u64, Vec<u8>)>> {
+    if dir.exists() {
+        super::remove_leftovers(dir)?;
+    }
     for seq in list(dir)?.into_iter().rev() {
         let file = path(dir, seq);
         let bytes = fs::read(&file)?;
