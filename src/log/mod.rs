@@ -74,7 +74,6 @@ fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
 }
 
-/// Segment bases present in `dir`, ascending.
 /// Removes the segments of the log in `dir` whose every record has a
 /// sequence number below `seq` (covered by a snapshot); returns how many.
 /// The open segment is the newest and is never removed, so this may run on
@@ -98,6 +97,7 @@ pub fn remove_segments_before(dir: &Path, seq: u64) -> io::Result<u64> {
     Ok(removed)
 }
 
+/// Segment bases present in `dir`, ascending.
 fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut bases = Vec::new();
     for entry in fs::read_dir(dir)? {
