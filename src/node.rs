@@ -818,7 +818,7 @@ impl Snapshots {
             if !w.is_finished() && !force {
                 return; // the previous one is still being written; try later
             }
-            self.join_writer();
+            self.finish();
         }
         let overdue = snapshot_is_overdue(self.through, self.written_through, self.every);
         let started = Instant::now();
@@ -896,13 +896,9 @@ impl Snapshots {
         }
     }
 
-    /// Waits for a snapshot still being written.
+    /// Waits for a snapshot still being written, if any, and notes what
+    /// it wrote.
     fn finish(&mut self) {
-        self.join_writer();
-    }
-
-    /// Joins the writer thread, if any, and notes what it wrote.
-    fn join_writer(&mut self) {
         match self.writer.take().map(std::thread::JoinHandle::join) {
             Some(Ok(Some(seq))) => self.written_through = seq,
             Some(Err(_)) => tracing::error!("the snapshot writer panicked"),
