@@ -129,7 +129,7 @@ const REMOVE_STEP_PAUSE: Duration = Duration::from_millis(2);
 const REMOVING_SUFFIX: &str = ".removing";
 
 /// Removes the file at `path` a few MiB at a time: renamed out of every
-/// listing (durably), shortened by [`REMOVE_STEP_BYTES`] per step with a
+/// listing (durably), shortened by `REMOVE_STEP_BYTES` (8 MiB) per step with a
 /// pause between, then unlinked. A crash part-way leaves the whole file
 /// under its own name or a shorter one under a name nothing reads (and
 /// [`remove_leftovers`] clears at start): a covered segment cut short
