@@ -381,6 +381,17 @@ enum MarkTime {
     Replied,
 }
 
+impl MarkTime {
+    /// Moves this time, of the pair `counted` and `replied`, to `ts` at least.
+    fn advance(self, counted: &mut i64, replied: &mut i64, ts: i64) {
+        let at = match self {
+            Self::Counted => counted,
+            Self::Replied => replied,
+        };
+        *at = (*at).max(ts);
+    }
+}
+
 /// What [`Shop::customer_in`] learned of a chat event's conversation, so
 /// [`Engine::open_conversation`] neither hashes its id nor probes again.
 #[derive(Debug, Clone, Copy)]
@@ -1171,21 +1182,13 @@ impl Engine {
         debug_assert_eq!(conversation.agent, Some(a));
         let cu = conversation.customer;
         if conversation.holds_mark {
-            let at = match time {
-                MarkTime::Counted => &mut conversation.counted,
-                MarkTime::Replied => &mut conversation.replied,
-            };
-            *at = (*at).max(ts);
+            time.advance(&mut conversation.counted, &mut conversation.replied, ts);
             // Listed as changed for the stream.
             self.partial(s, a);
             return;
         }
         let m = self.partial(s, a).marks.entry(cu).or_default();
-        let at = match time {
-            MarkTime::Counted => &mut m.counted,
-            MarkTime::Replied => &mut m.replied,
-        };
-        *at = (*at).max(ts);
+        time.advance(&mut m.counted, &mut m.replied, ts);
         if m.held_by == NO_CONVERSATION {
             m.held_by = c;
             self.shops[s as usize].conversations[c].holds_mark = true;
