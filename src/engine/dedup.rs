@@ -6,7 +6,8 @@
 //! two adjacent cache lines, and a batch can ask for them ahead
 //! ([`Dedup::prefetch`]) while earlier events are applied.
 
-use serde::{Deserialize, Serialize};
+use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// How long one generation covers, in ms of event time.
 pub const GENERATION_MS: i64 = 24 * 3_600_000;
@@ -15,8 +16,8 @@ pub const GENERATION_MS: i64 = 24 * 3_600_000;
 pub type Fingerprint = u128;
 
 /// The set of recently accepted `(shop, id)`s.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(from = "DedupData", into = "DedupData")]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "DedupData")]
 pub struct Dedup {
     current: FlatSet,
     previous: FlatSet,
@@ -26,8 +27,10 @@ pub struct Dedup {
 
 /// How a [`Dedup`] is stored: each generation as a plain sequence of
 /// fingerprints (the layout the earlier hash-set version wrote, so
-/// snapshots read either way), each set sized once on load.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// snapshots read either way), each set sized once on load. Written
+/// straight from the tables (`impl Serialize for Dedup`), read through
+/// this.
+#[derive(Debug, Clone, Deserialize)]
 struct DedupData {
     current: Vec<Fingerprint>,
     previous: Vec<Fingerprint>,
@@ -44,13 +47,30 @@ impl From<DedupData> for Dedup {
     }
 }
 
-impl From<Dedup> for DedupData {
-    fn from(d: Dedup) -> Self {
-        Self {
-            current: d.current.to_vec(),
-            previous: d.previous.to_vec(),
-            current_since: d.current_since,
+/// The layout of [`DedupData`], written from the tables as they are: a
+/// snapshot of a few million ids then needs no copy of them (one was
+/// 48 MiB of fresh memory per snapshot, faulted in while acks wait on the
+/// same machine).
+impl Serialize for Dedup {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("DedupData", 3)?;
+        s.serialize_field("current", &Generation(&self.current))?;
+        s.serialize_field("previous", &Generation(&self.previous))?;
+        s.serialize_field("current_since", &self.current_since)?;
+        s.end()
+    }
+}
+
+/// One generation's fingerprints as a sequence, in table order.
+struct Generation<'a>(&'a FlatSet);
+
+impl Serialize for Generation<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for fp in self.0.iter() {
+            seq.serialize_element(&fp)?;
         }
+        seq.end()
     }
 }
 
@@ -102,18 +122,15 @@ impl FlatSet {
         set
     }
 
-    fn to_vec(&self) -> Vec<Fingerprint> {
-        let mut out: Vec<Fingerprint> = self
-            .slots
+    /// Every fingerprint held, each once: those in `slots`, those not yet
+    /// moved out of `old`, and 0 if held.
+    fn iter(&self) -> impl Iterator<Item = Fingerprint> + '_ {
+        self.slots
             .iter()
             .chain(&self.old[self.old_next.min(self.old.len())..])
             .copied()
             .filter(|&fp| fp != 0)
-            .collect();
-        if self.has_zero {
-            out.push(0);
-        }
-        out
+            .chain(self.has_zero.then_some(0))
     }
 
     fn len(&self) -> usize {
@@ -486,7 +503,7 @@ mod tests {
         assert!(fps.iter().all(|&fp| set.contains(fp)));
         assert!(!set.contains(fingerprint("s", "absent")));
         assert!(!set.contains(home_last | 999));
-        let mut held = set.to_vec();
+        let mut held: Vec<Fingerprint> = set.iter().collect();
         held.sort_unstable();
         let mut want = fps.clone();
         want.sort_unstable();
@@ -507,7 +524,7 @@ mod tests {
                 // or the other, and none is listed twice.
                 assert!(fps[..=n].iter().all(|&f| set.contains(f)));
                 assert!(!set.insert(fps[n / 2]), "an unmoved fingerprint is a duplicate");
-                assert_eq!(set.to_vec().len(), n + 1);
+                assert_eq!(set.iter().count(), n + 1);
             }
         }
         assert!(seen_moving, "growth happened in steps");
@@ -550,6 +567,41 @@ mod tests {
         assert!(back.contains(fingerprint("s", "late")));
         // Rotation sized the new generation for yesterday's count.
         assert!(d.current.slots.len() * 7 >= 3000 * 10);
+    }
+
+    #[test]
+    fn a_dedup_is_written_in_the_layout_of_its_stored_form() {
+        // Mid-growth (some fingerprints still in the old table), with the
+        // fingerprint 0 and both generations in use.
+        let mut d = Dedup::default();
+        for i in 0..2000 {
+            d.insert(fingerprint("s", &i.to_string()), i);
+        }
+        d.insert(fingerprint("s", "late"), GENERATION_MS + 5);
+        d.insert(0, GENERATION_MS + 6);
+        let mut n = 0;
+        while d.current.old_len == 0 {
+            d.insert(fingerprint("t", &n.to_string()), GENERATION_MS + 7);
+            n += 1;
+        }
+        #[derive(Serialize)]
+        struct Layout {
+            current: Vec<Fingerprint>,
+            previous: Vec<Fingerprint>,
+            current_since: Option<i64>,
+        }
+        let layout = Layout {
+            current: d.current.iter().collect(),
+            previous: d.previous.iter().collect(),
+            current_since: d.current_since,
+        };
+        assert_eq!(layout.current.len(), d.current.len());
+        assert!(layout.current.contains(&0));
+        let bytes = postcard::to_stdvec(&d).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&layout).unwrap());
+        let back: Dedup = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.len(), d.len());
+        assert!(back.contains(0) && back.contains(fingerprint("t", "0")) && back.contains(fingerprint("s", "1")));
     }
 
     /// The definition of [`fingerprint`] one byte at a time, as first written.
