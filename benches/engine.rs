@@ -1,9 +1,10 @@
 //! Engine benchmarks: `apply` throughput on a realistic event mix, memory
-//! per (agent, shop) partial and per open conversation, and `replay` of a
-//! 1-million-event log through the release binary.
+//! per (agent, shop) partial and per open conversation, the time a
+//! snapshot takes, and `replay` of a 1-million-event log through the
+//! release binary.
 //!
-//! Run: `cargo bench --bench engine` (add `-- apply`, `-- memory` or
-//! `-- replay` to run one part; `-- apply-1000` or `-- apply-20000` for one
+//! Run: `cargo bench --bench engine` (add `-- apply`, `-- memory`,
+//! `-- snapshot` or `-- replay` to run one part; `-- apply-1000` or `-- apply-20000` for one
 //! desk size). Results go into BENCHMARKS.md by hand.
 
 use std::io::Write;
@@ -467,6 +468,43 @@ fn memory_conversations() {
     );
 }
 
+/// The snapshot of a desk after 3 M events (1 000 agents): the copy the
+/// engine thread takes, and the serialization the snapshot writer then
+/// does. Three runs of each, all printed: the allocator may hand a later
+/// run memory an earlier one freed, where a server's snapshot, a million
+/// events after the last, mostly gets fresh pages.
+fn bench_snapshot() {
+    let events = workload(3_000_000, 1_000, 50, 7);
+    let mut engine = Engine::new(settings());
+    apply_frames(&mut engine, &events);
+    let ms = |run: &mut dyn FnMut() -> f64| {
+        (0..3)
+            .map(|_| format!("{:.0}", run() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let copy = ms(&mut || {
+        let t = Instant::now();
+        let copy = engine.clone();
+        let took = t.elapsed().as_secs_f64();
+        drop(std::hint::black_box(copy));
+        took
+    });
+    let mut bytes = 0;
+    let serialize = ms(&mut || {
+        let t = Instant::now();
+        let body = engine.snapshot();
+        let took = t.elapsed().as_secs_f64();
+        bytes = body.len();
+        drop(std::hint::black_box(body));
+        took
+    });
+    println!(
+        "snapshot: desk after 3 000 000 events, 1000 agents, 50 shops, {:.1} MiB: copy {copy} ms, serialize {serialize} ms",
+        bytes as f64 / (1 << 20) as f64
+    );
+}
+
 fn bench_replay() {
     let path = std::env::temp_dir().join("deskpulse-bench-1m.ndjson");
     let events = workload(1_000_000, 2_000, 100, 11);
@@ -508,6 +546,9 @@ fn main() {
     bench_apply(want);
     if want("memory") {
         bench_memory();
+    }
+    if want("snapshot") {
+        bench_snapshot();
     }
     if want("replay") {
         bench_replay();
