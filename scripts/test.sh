@@ -37,7 +37,8 @@ fi
 # the generator's single-order truth. Throughput runs use 16 (BENCHMARKS.md).
 step "load test: the 11.11 scenario against the real server, checked against its ground truth"
 cargo build -p deskpulse -p deskpulse-loadtest --bins
+# The report (JSON and HTML) lands in target/, replaced by the next run.
 BIN_DIR=target/debug loadtest/bench/run-local.sh --duration 20s --connections 1 --subscribers 2 \
-  --out-dir "$(mktemp -d /tmp/deskpulse-ci-loadtest.XXXXXX)"
+  --out-dir target/ci-loadtest
 
 step "all tests passed"

@@ -757,9 +757,12 @@ async fn sigterm_closes_sockets_with_a_close_frame_and_flushes() {
 
 #[tokio::test]
 async fn open_default_refuses_a_network_address() {
+    // Bound for the whole test: a temporary would be removed before the
+    // server creates its data dir inside it, and that dir would be left.
+    let dir = DataDir::new("open");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"))
         .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(DataDir::new("open").0.join("d"))
+        .arg(dir.0.join("d"))
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -769,9 +772,10 @@ async fn open_default_refuses_a_network_address() {
 #[tokio::test]
 async fn a_host_name_listen_address_is_resolved() {
     use std::io::BufRead;
+    let dir = DataDir::new("localhost");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"))
         .args(["serve", "--listen", "localhost:0", "--data-dir"])
-        .arg(DataDir::new("localhost").0.join("d"))
+        .arg(dir.0.join("d"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
