@@ -831,9 +831,9 @@ impl Snapshots {
         // copy, of about the same size, then takes the memory it had
         // instead of fresh pages. On the machine this was measured on
         // fresh memory costs ~2.5 ns per byte, and the copy at 4 M events
-        // (`loadtest/bench/ingest.sh`) took 470–755 ms in half the runs on
-        // fresh pages, 82–179 ms reusing the last copy's; all of it is an
-        // engine pause.
+        // (`loadtest/bench/ingest.sh`) took up to 755 ms on fresh pages
+        // (over 470 ms in 6 of 15 runs), 74–179 ms reusing the last
+        // copy's; all of it is an engine pause.
         drop(self.spare.take());
         let copy = desk.clone();
         let copied_ms = started.elapsed().as_millis() as u64;
