@@ -29,8 +29,9 @@ pub struct Dedup {
 /// fingerprints (the layout the earlier hash-set version wrote, so
 /// snapshots read either way), each set sized once on load. Written
 /// straight from the tables (`impl Serialize for Dedup`), read through
-/// this.
+/// this (tests also write it, to compare the bytes).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct DedupData {
     current: Vec<Fingerprint>,
     previous: Vec<Fingerprint>,
@@ -584,13 +585,7 @@ mod tests {
             d.insert(fingerprint("t", &n.to_string()), GENERATION_MS + 7);
             n += 1;
         }
-        #[derive(Serialize)]
-        struct Layout {
-            current: Vec<Fingerprint>,
-            previous: Vec<Fingerprint>,
-            current_since: Option<i64>,
-        }
-        let layout = Layout {
+        let layout = DedupData {
             current: d.current.iter().collect(),
             previous: d.previous.iter().collect(),
             current_since: d.current_since,

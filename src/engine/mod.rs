@@ -767,8 +767,8 @@ impl Engine {
     /// Measured first, then written into a buffer of exactly that size: a
     /// buffer grown by doubling touched about three times the snapshot's
     /// size in fresh memory (each size copied into the next), and fresh
-    /// memory is slow on the machines this runs on (~2 ns per byte in a
-    /// Firecracker guest). The measuring pass costs less than the copies.
+    /// memory is slow on the machines this runs on (~2–2.5 ns per byte in
+    /// a Firecracker guest). The measuring pass costs less than the copies.
     pub fn snapshot(&self) -> Vec<u8> {
         let size = postcard::experimental::serialized_size(self).expect("engine state serializes");
         let bytes = postcard::to_extend(self, Vec::with_capacity(size)).expect("engine state serializes");
