@@ -48,7 +48,7 @@ impl From<DedupData> for Dedup {
     }
 }
 
-/// The layout of [`DedupData`], written from the tables as they are: a
+/// The layout of `DedupData`, written from the tables as they are: a
 /// snapshot of a few million ids then needs no copy of them (one was
 /// 48 MiB of fresh memory per snapshot, faulted in while acks wait on the
 /// same machine).

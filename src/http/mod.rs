@@ -182,7 +182,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Who is calling: from the `Authorization` header, the `deskpulse_token`
-/// cookie, or (WebSockets) a subprotocol ([`protocol_token`]). Argon2-hashed
+/// cookie, or (WebSockets) a subprotocol (`protocol_token`). Argon2-hashed
 /// tokens are verified off the executor ([`Tokens::authenticate`]).
 pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Principal> {
     if app.open {
