@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod day;
 pub mod dedup;
 pub mod desk;
+mod index;
 mod slab;
 pub mod window;
 
@@ -25,6 +26,7 @@ use crate::protocol::{AgentId, AgentStatus, ConversationId, CustomerId, Event, E
 use alerts::{Alert, AlertBook, AlertChange, Reading, Rule, Severity, Thresholds};
 use day::{Calendar, Day};
 use dedup::{Dedup, Fingerprint, fingerprint, order_fingerprint};
+use index::IdIndex;
 use slab::Slab;
 use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
 
@@ -445,9 +447,9 @@ struct Shop {
     id: ShopId,
     /// Listed in `Engine::dirty_shop_list` since the last `take_dirty`.
     dirty: bool,
-    conversation_ix: Map<IdKey, ConvIx>,
+    conversation_ix: IdIndex,
     conversations: Slab<Conversation>,
-    customer_ix: Map<IdKey, CustIx>,
+    customer_ix: IdIndex,
     customers: Slab<Customer>,
     partials: Map<AgentIx, Partial>,
     queue: Waits,
@@ -460,9 +462,9 @@ impl Shop {
         Self {
             id,
             dirty: false,
-            conversation_ix: Map::default(),
+            conversation_ix: IdIndex::default(),
             conversations: Slab::default(),
-            customer_ix: Map::default(),
+            customer_ix: IdIndex::default(),
             customers: Slab::default(),
             partials: Map::default(),
             queue: Waits::default(),
@@ -477,21 +479,23 @@ impl Shop {
 
     /// The customer's index, as [`Shop::customer`], found through the
     /// conversation when it already belongs to this customer: one slab read
-    /// instead of a probe of the shop's whole customer index.
+    /// instead of a probe of the shop's whole customer index. `keys` are
+    /// the [`id_key`]s of the conversation and the customer.
     fn customer_in<'a>(
         &mut self,
         conversation: &'a ConversationId,
         id: &CustomerId,
+        keys: [IdKey; 2],
         ts: i64,
     ) -> (CustIx, ConvLookup<'a>) {
-        let key = id_key(id.as_str());
+        let [conversation_key, key] = keys;
         let mut at = ConvLookup {
             id: conversation,
-            key: id_key(conversation.as_str()),
+            key: conversation_key,
             customer_key: halves(key),
             found: None,
         };
-        if let Some(&c) = self.conversation_ix.get(&at.key) {
+        if let Some(c) = self.conversation_ix.get(at.key) {
             let conv = &self.conversations[c];
             if conv.customer_key == at.customer_key {
                 let cu = conv.customer;
@@ -504,8 +508,8 @@ impl Shop {
     }
 
     fn customer_by_key(&mut self, id: &CustomerId, key: IdKey, ts: i64) -> CustIx {
-        let ix = match self.customer_ix.get(&key) {
-            Some(&ix) => ix,
+        let ix = match self.customer_ix.get(key) {
+            Some(ix) => ix,
             None => {
                 let ix = self.customers.insert(Customer {
                     id: id.clone(),
@@ -714,10 +718,69 @@ pub struct Engine {
     applied: u64,
 }
 
-/// How many events ahead [`Engine::apply_batch`] fetches dedup slots: far
-/// enough for the fetch to land before the event is applied, near enough
-/// for the line to still be in cache.
-pub const PREFETCH_AHEAD: usize = 8;
+/// How many events ahead [`Engine::apply_batch`] fetches an event's
+/// duplicate-set slot and index slot: far enough for the fetch to land
+/// before the next stage reads it, near enough for the line to still be in
+/// cache.
+pub const INDEX_AHEAD: usize = 8;
+/// How many events ahead [`Engine::apply_batch`] reads the index slot and
+/// fetches the conversation entry.
+pub const ENTRY_AHEAD: usize = 4;
+/// How many events ahead [`Engine::apply_batch`] reads the conversation and
+/// fetches its customer and its agent's partial.
+pub const PARTIAL_AHEAD: usize = 2;
+
+/// An event's keys, each id hashed once, and what the look-ahead of
+/// [`Engine::apply_batch`] found out about it.
+#[derive(Debug, Clone, Copy)]
+struct Ahead {
+    dedup: Fingerprint,
+    shop_key: IdKey,
+    /// [`id_key`]s of the conversation and the customer the event names.
+    conversation: Option<IdKey>,
+    customer: Option<IdKey>,
+    /// The shop, if it existed at the look-ahead (shops are never removed,
+    /// so it still does when the event is applied).
+    shop: Option<ShopIx>,
+    /// The conversation's index at the look-ahead: a hint for the next
+    /// stage only (it may close, and its slot be reused, before the event
+    /// is applied).
+    found: Option<ConvIx>,
+}
+
+impl Ahead {
+    fn of(event: &Event) -> Self {
+        let key = |id: &str| Some(id_key(id));
+        let (conversation, customer) = match &event.kind {
+            EventKind::CustomerMessage {
+                conversation, customer, ..
+            }
+            | EventKind::AgentMessage {
+                conversation, customer, ..
+            }
+            | EventKind::Assign {
+                conversation, customer, ..
+            } => (key(conversation.as_str()), key(customer.as_str())),
+            EventKind::Close { conversation } => (key(conversation.as_str()), None),
+            EventKind::OrderPaid { customer, .. } => (None, key(customer.as_str())),
+            EventKind::Status { .. } | EventKind::Flag { .. } => (None, None),
+        };
+        Self {
+            dedup: dedup_key(event),
+            shop_key: id_key(event.shop.as_str()),
+            conversation,
+            customer,
+            shop: None,
+            found: None,
+        }
+    }
+
+    /// The conversation and customer keys, for an event that names both
+    /// (0 stands for one it does not name).
+    fn chat_keys(&self) -> [IdKey; 2] {
+        [self.conversation.unwrap_or(0), self.customer.unwrap_or(0)]
+    }
+}
 
 /// The dedup key of an event: its `(shop, id)` fingerprint.
 pub fn dedup_key(event: &Event) -> Fingerprint {
@@ -861,26 +924,47 @@ impl Engine {
     /// a batch that holds both a customer message and its reply is judged
     /// as a whole (wall clock: the batch arrives at one `now`).
     pub fn apply_deferred(&mut self, event: &Event) -> Applied {
-        self.apply_keyed(event, dedup_key(event))
+        self.apply_keyed(event, &Ahead::of(event))
     }
 
     /// Applies `events` in order, with the results of [`Engine::apply`] on
     /// each in turn under the event clock, and of one arrival under the
-    /// wall clock (wait rules judged once, at the end). Faster than one
-    /// call per event: each event's dedup slots are fetched
-    /// [`PREFETCH_AHEAD`] events before it is applied.
+    /// wall clock (wait rules judged once, at the end).
+    ///
+    /// Faster than one call per event: the memory an event will touch is
+    /// cold on a desk of any size (its duplicate-set slot, its conversation
+    /// and customer, the agent's partial), and each fetch depends on the
+    /// one before. So the batch looks ahead in three stages, each a few
+    /// events before the event is applied, and each finding in cache what
+    /// the stage before asked for: [`INDEX_AHEAD`] events ahead, the
+    /// duplicate-set slot and the conversation's index slot;
+    /// [`ENTRY_AHEAD`], the conversation entry; [`PARTIAL_AHEAD`], its
+    /// customer and its agent's partial. Each id is hashed once.
     pub fn apply_batch(&mut self, events: &[Event]) -> Vec<Applied> {
-        let keys: Vec<Fingerprint> = events.iter().map(dedup_key).collect();
-        for &k in keys.iter().take(PREFETCH_AHEAD) {
-            self.dedup.prefetch(k);
-        }
+        let mut ahead: Vec<Ahead> = events.iter().map(Ahead::of).collect();
         let per_event = self.settings.clock == Clock::Event;
-        let mut out = Vec::with_capacity(events.len());
-        for (i, (event, &key)) in events.iter().zip(&keys).enumerate() {
-            if let Some(&ahead) = keys.get(i + PREFETCH_AHEAD) {
-                self.dedup.prefetch(ahead);
+        let n = events.len();
+        let mut out = Vec::with_capacity(n);
+        for step in 0..n + INDEX_AHEAD {
+            if let Some(a) = ahead.get_mut(step) {
+                self.fetch_index(a);
             }
-            out.push(self.apply_keyed(event, key));
+            if let Some(a) = (step + ENTRY_AHEAD)
+                .checked_sub(INDEX_AHEAD)
+                .and_then(|i| ahead.get_mut(i))
+            {
+                self.fetch_entry(a);
+            }
+            if let Some(a) = (step + PARTIAL_AHEAD)
+                .checked_sub(INDEX_AHEAD)
+                .and_then(|i| ahead.get(i))
+            {
+                self.fetch_partial(a);
+            }
+            let Some(i) = step.checked_sub(INDEX_AHEAD) else {
+                continue;
+            };
+            out.push(self.apply_keyed(&events[i], &ahead[i]));
             if per_event {
                 self.settle();
             }
@@ -889,17 +973,83 @@ impl Engine {
         out
     }
 
-    fn apply_keyed(&mut self, event: &Event, key: Fingerprint) -> Applied {
+    /// Look-ahead, first stage: the event's duplicate-set slot, and the
+    /// index slot of its conversation (or, for an order, its customer).
+    fn fetch_index(&self, a: &mut Ahead) {
+        self.dedup.prefetch(a.dedup);
+        a.shop = self.shop_ix.get(&a.shop_key).copied();
+        let Some(s) = a.shop else { return };
+        let shop = &self.shops[s as usize];
+        match a.conversation {
+            Some(key) => shop.conversation_ix.prefetch(key),
+            None => {
+                if let Some(key) = a.customer {
+                    shop.customer_ix.prefetch(key);
+                }
+            }
+        }
+    }
+
+    /// Second stage: the conversation's entry, or when the event opens
+    /// one (or names another customer), the customer's index slot.
+    fn fetch_entry(&self, a: &mut Ahead) {
+        let Some(s) = a.shop else { return };
+        let shop = &self.shops[s as usize];
+        match a.conversation {
+            Some(key) => {
+                a.found = shop.conversation_ix.get(key);
+                match a.found {
+                    Some(c) => shop.conversations.prefetch(c),
+                    None => {
+                        if let Some(key) = a.customer {
+                            shop.customer_ix.prefetch(key);
+                        }
+                    }
+                }
+            }
+            None => {
+                if let Some(cu) = a.customer.and_then(|key| shop.customer_ix.get(key)) {
+                    shop.customers.prefetch(cu);
+                }
+            }
+        }
+    }
+
+    /// Third stage: the customer's entry and the conversation agent's
+    /// partial.
+    fn fetch_partial(&self, a: &Ahead) {
+        let Some(s) = a.shop else { return };
+        let shop = &self.shops[s as usize];
+        let Some(conversation) = a.found.and_then(|c| shop.conversations.get(c)) else {
+            if a.conversation.is_some()
+                && let Some(cu) = a.customer.and_then(|key| shop.customer_ix.get(key))
+            {
+                shop.customers.prefetch(cu);
+            }
+            return;
+        };
+        shop.customers.prefetch(conversation.customer);
+        if let Some(p) = conversation.agent.and_then(|agent| shop.partials.get(&agent)) {
+            mem_prefetch::prefetch_read_data::<_, 3>(p);
+            mem_prefetch::prefetch_read_data::<_, 3>(&p.samples);
+            mem_prefetch::prefetch_read_data::<_, 3>(&p.waits);
+        }
+    }
+
+    fn apply_keyed(&mut self, event: &Event, ahead: &Ahead) -> Applied {
         if self.settings.clock == Clock::Event {
             self.tick(event.ts);
         }
-        if !self.dedup.insert(key, event.ts) {
+        if !self.dedup.insert(ahead.dedup, event.ts) {
             return Applied::Duplicate;
         }
         self.applied += 1;
         self.max_ts = Some(self.max_ts.map_or(event.ts, |m| m.max(event.ts)));
         let ts = event.ts;
-        let s = self.shop_index(&event.shop);
+        let s = match ahead.shop {
+            Some(s) => s,
+            None => self.shop_index(&event.shop, ahead.shop_key),
+        };
         let shop = &mut self.shops[s as usize];
         if !shop.dirty {
             shop.dirty = true;
@@ -916,7 +1066,7 @@ impl Engine {
                 customer,
                 agent,
             } => {
-                let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ts);
+                let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ahead.chat_keys(), ts);
                 // A flagged customer's messages are ignored, down to the
                 // agent they name: it does not become known through them.
                 if !self.shops[s as usize].flagged(cu) {
@@ -930,7 +1080,7 @@ impl Engine {
                 agent,
                 auto,
             } => {
-                let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ts);
+                let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ahead.chat_keys(), ts);
                 let a = self.agent_index(agent);
                 self.agent_message(s, at, cu, a, *auto, ts);
             }
@@ -940,7 +1090,7 @@ impl Engine {
                 agent,
                 from_agent,
             } => {
-                let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ts);
+                let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ahead.chat_keys(), ts);
                 let a = self.agent_index(agent);
                 let c = self.open_conversation(s, at, cu, ts);
                 self.assign(s, c, a, ts);
@@ -950,23 +1100,19 @@ impl Engine {
                     self.record(s, Some(from), MarkKind::TransferOut, 0, ts);
                 }
             }
-            EventKind::Close { conversation } => self.close(s, conversation),
+            EventKind::Close { .. } => self.close(s, ahead.chat_keys()[0]),
             EventKind::Flag { customer, .. } => {
                 let cu = self.shops[s as usize].customer(customer, ts);
                 self.flag(s, cu);
             }
-            EventKind::OrderPaid {
-                order,
-                customer,
-                amount,
-            } => {
+            EventKind::OrderPaid { order, amount, .. } => {
                 // An order the shop reported before (under another event id)
                 // is a resend: taken, not counted twice.
                 if self
                     .dedup
                     .insert(order_fingerprint(event.shop.as_str(), order.as_str()), ts)
                 {
-                    self.order(s, customer, *amount, ts);
+                    self.order(s, ahead.chat_keys()[1], *amount, ts);
                 }
             }
         }
@@ -1023,8 +1169,8 @@ impl Engine {
         self.maintain_some();
     }
 
-    fn shop_index(&mut self, id: &ShopId) -> ShopIx {
-        let key = id_key(id.as_str());
+    /// The shop's index, creating it; `key` is the [`id_key`] of `id`.
+    fn shop_index(&mut self, id: &ShopId, key: IdKey) -> ShopIx {
         if let Some(&s) = self.shop_ix.get(&key) {
             return s;
         }
@@ -1086,7 +1232,7 @@ impl Engine {
     fn open_conversation(&mut self, s: ShopIx, at: ConvLookup<'_>, customer: CustIx, ts: i64) -> ConvIx {
         let shop = &mut self.shops[s as usize];
         let key = at.key;
-        let found = at.found.or_else(|| shop.conversation_ix.get(&key).copied());
+        let found = at.found.or_else(|| shop.conversation_ix.get(key));
         let (ix, is_new) = match found {
             Some(ix) => (ix, false),
             None => {
@@ -1246,9 +1392,10 @@ impl Engine {
         self.touched.push((s, a));
     }
 
-    fn close(&mut self, s: ShopIx, conv: &ConversationId) {
+    /// Closes the conversation whose [`id_key`] is `key`, if open.
+    fn close(&mut self, s: ShopIx, key: IdKey) {
         let shop = &mut self.shops[s as usize];
-        let Some(ix) = shop.conversation_ix.remove(&id_key(conv.as_str())) else {
+        let Some(ix) = shop.conversation_ix.remove(key) else {
             return;
         };
         shop.release_mark(ix);
@@ -1322,9 +1469,10 @@ impl Engine {
         }
     }
 
-    fn order(&mut self, s: ShopIx, customer: &CustomerId, amount: u64, ts: i64) {
+    /// An order by the customer whose [`id_key`] is `customer`.
+    fn order(&mut self, s: ShopIx, customer: IdKey, amount: u64, ts: i64) {
         let shop = &self.shops[s as usize];
-        let credited = shop.customer_ix.get(&id_key(customer.as_str())).and_then(|&cu| {
+        let credited = shop.customer_ix.get(customer).and_then(|cu| {
             shop.customers[cu]
                 .agent_messages
                 .iter()
@@ -1437,7 +1585,7 @@ impl Engine {
                 .collect();
             idle.sort();
             for conv in idle {
-                self.close(s, &conv);
+                self.close(s, id_key(conv.as_str()));
             }
             let shop = &mut self.shops[s as usize];
             for p in shop.partials.values_mut() {
@@ -1456,7 +1604,7 @@ impl Engine {
                 .collect();
             for cu in gone {
                 let c = shop.customers.remove(cu).expect("listed above");
-                shop.customer_ix.remove(&id_key(c.id.as_str()));
+                shop.customer_ix.remove(id_key(c.id.as_str()));
             }
             shop.samples.prune(now);
         }
@@ -1784,7 +1932,7 @@ impl Engine {
             }
             for (cu, c) in shop.customers.iter() {
                 assert_eq!(c.open, open.get(&cu).copied().unwrap_or(0), "open count of {}", c.id);
-                assert_eq!(shop.customer_ix.get(&id_key(c.id.as_str())), Some(&cu));
+                assert_eq!(shop.customer_ix.get(id_key(c.id.as_str())), Some(cu));
             }
             for (&a, p) in &shop.partials {
                 for (cu, m) in &p.marks {
