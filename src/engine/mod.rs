@@ -308,6 +308,13 @@ struct Customer {
 /// The latest [`RECENT_AGENT_MESSAGES`] non-auto agent messages to a
 /// customer, (agent, ts), held inline: no allocation and no extra cache
 /// miss on the hot path.
+///
+/// A streak of messages from one agent keeps only its first and its
+/// latest: the ones between could never be the only answer to an order
+/// (the first, same agent, answers for them, and it is kept within
+/// [`ATTRIBUTION_MS`] of the latest). So one agent chatting on cannot push
+/// the message before a late-reported order out of the ring; only eight
+/// changes of agent after it can.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct RecentMessages {
     agents: [AgentIx; RECENT_AGENT_MESSAGES],
@@ -318,6 +325,22 @@ struct RecentMessages {
 
 impl RecentMessages {
     fn push(&mut self, agent: AgentIx, ts: i64) {
+        let n = RECENT_AGENT_MESSAGES;
+        if self.len >= 2 {
+            let newest = (usize::from(self.next) + n - 1) % n;
+            let before = (newest + n - 1) % n;
+            // The message between the streak's first and this one is
+            // dropped: it is later than the first and earlier than this.
+            if self.agents[newest] == agent
+                && self.agents[before] == agent
+                && self.ts[before] <= self.ts[newest]
+                && self.ts[newest] <= ts
+                && ts - self.ts[before] <= ATTRIBUTION_MS
+            {
+                self.ts[newest] = ts;
+                return;
+            }
+        }
         let i = usize::from(self.next);
         self.agents[i] = agent;
         self.ts[i] = ts;

@@ -414,6 +414,42 @@ fn order_arriving_late_is_credited_to_the_message_before_it() {
 }
 
 #[test]
+fn order_arriving_late_is_credited_however_long_the_agent_chatted_on() {
+    // The shop reports the payment after the agent has written 20 more
+    // messages: the one before it must still be found.
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.reply(T0 + S, "c1", "u1", "a2");
+    d.reply(T0 + 2 * S, "c1", "u1", "a1");
+    for k in 0..20 {
+        d.reply(T0 + (10 + k) * S, "c1", "u1", "a1");
+    }
+    d.order(T0 + 5 * S, "u1", 4200);
+    assert_eq!((d.today("a1").orders, d.today("a1").sales_fen), (1, 4200));
+    assert_eq!(d.today("a1").paying_customers, 1);
+    // Paid between a2's message and a1's: a2's, which a1's streak did not
+    // push out.
+    d.order(T0 + S + 500, "u1", 300);
+    assert_eq!(d.today("a2").orders, 1);
+}
+
+#[test]
+fn a_streak_longer_than_a_day_still_credits_within_24h() {
+    // One agent writes every 6 hours from 10:00 one day to 16:00 the next,
+    // then at 17:30; an order paid at 17:00 is reported after that, 31 h
+    // after the streak began and 1 h after a message in it.
+    let mut d = Desk::new();
+    let h = 3_600_000;
+    d.customer(T0, "c1", "u1", Some("a1"));
+    for k in 0..6 {
+        d.reply(T0 + k * 6 * h, "c1", "u1", "a1");
+    }
+    d.reply(T0 + 31 * h + h / 2, "c1", "u1", "a1");
+    d.order(T0 + 31 * h, "u1", 900);
+    assert_eq!((d.today("a1").orders, d.today("a1").sales_fen), (1, 900));
+}
+
+#[test]
 fn an_order_sent_again_under_another_event_id_counts_once() {
     let mut d = Desk::new();
     d.customer(T0, "c1", "u1", Some("a1"));
