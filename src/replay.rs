@@ -1,6 +1,8 @@
 //! `deskpulse replay`: an NDJSON log through the engine with the event
 //! clock, printing every agent's stats object. Bad lines are reported with
-//! their line number and skipped.
+//! their line number and skipped; so are events stamped further ahead of
+//! this machine's clock than `serve --clock event` takes
+//! ([`EVENT_CLOCK_MAX_AHEAD_MS`]): one would end every window for good.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -9,7 +11,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::engine::window::Window;
-use crate::engine::{AgentStats, Engine, Settings};
+use crate::engine::{AgentStats, Applied, Engine, Settings};
+use crate::ingest::EVENT_CLOCK_MAX_AHEAD_MS;
+use crate::node::wall_ms;
 use crate::protocol::{ShopId, UnknownFields, parse_batch};
 
 /// The printed result.
@@ -47,15 +51,18 @@ pub fn apply_log(
 ) -> std::io::Result<ReplayCounts> {
     let mut counts = ReplayCounts::default();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Parsed>(16);
+    let future_limit = wall_ms().saturating_add(EVENT_CLOCK_MAX_AHEAD_MS);
     std::thread::scope(|scope| {
-        let parser = scope.spawn(move || parse_lines(input, tx));
+        let parser = scope.spawn(move || parse_lines(input, future_limit, tx));
         for item in rx {
             match item {
                 Parsed::Events(events) => {
-                    for event in &events {
-                        match engine.apply(event) {
-                            crate::engine::Applied::Accepted => counts.accepted += 1,
-                            crate::engine::Applied::Duplicate => counts.duplicates += 1,
+                    // Under the event clock a batch gives what one event at a
+                    // time gives, and looks its memory up ahead.
+                    for applied in engine.apply_batch(&events) {
+                        match applied {
+                            Applied::Accepted => counts.accepted += 1,
+                            Applied::Duplicate => counts.duplicates += 1,
                         }
                     }
                     // Replay reports alerts as they stand, not their
@@ -75,7 +82,13 @@ pub fn apply_log(
     Ok(counts)
 }
 
-fn parse_lines(mut reader: impl BufRead, tx: std::sync::mpsc::SyncSender<Parsed>) -> std::io::Result<()> {
+/// Parses `reader` line by line into chunks of events for the applier;
+/// events stamped after `future_limit` are reported, not sent.
+fn parse_lines(
+    mut reader: impl BufRead,
+    future_limit: i64,
+    tx: std::sync::mpsc::SyncSender<Parsed>,
+) -> std::io::Result<()> {
     const CHUNK: usize = 1024;
     let mut line = Vec::new();
     let mut number = 0u64;
@@ -92,15 +105,24 @@ fn parse_lines(mut reader: impl BufRead, tx: std::sync::mpsc::SyncSender<Parsed>
             continue;
         }
         let batch = parse_batch(&line, UnknownFields::Warn);
-        if batch.len() != 1 || batch.events.is_empty() {
-            let reason = batch
-                .rejected
-                .first()
-                .map(|r| match &r.id {
-                    Some(id) => format!("event {id}: {}", r.error),
-                    None => r.error.clone(),
-                })
-                .unwrap_or_else(|| "expected exactly one event per line".into());
+        let too_late = batch.events.first().filter(|(_, e)| e.ts > future_limit).map(|(_, e)| {
+            format!(
+                "event {}: field `ts`: {} ms ahead of this machine's clock (limit {EVENT_CLOCK_MAX_AHEAD_MS} ms)",
+                e.id,
+                e.ts.saturating_sub(future_limit - EVENT_CLOCK_MAX_AHEAD_MS)
+            )
+        });
+        if batch.len() != 1 || batch.events.is_empty() || too_late.is_some() {
+            let reason = too_late.unwrap_or_else(|| {
+                batch
+                    .rejected
+                    .first()
+                    .map(|r| match &r.id {
+                        Some(id) => format!("event {id}: {}", r.error),
+                        None => r.error.clone(),
+                    })
+                    .unwrap_or_else(|| "expected exactly one event per line".into())
+            });
             if !chunk.is_empty() && !send(Parsed::Events(std::mem::take(&mut chunk))) {
                 return Ok(());
             }

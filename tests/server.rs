@@ -799,6 +799,9 @@ async fn replay_prints_the_agents_skips_bad_lines_and_slices_by_shop() {
         reply("e2", ts + 20_000, "s1", "c1", "u1", "a1"),
         "{not json".to_owned(),
         customer("e3", ts, "s2", "c2", "u2", Some("a1")),
+        // Stamped in 2100: as `serve --clock event` would, skipped, so it
+        // cannot move `now` past every window.
+        customer("e9", 4_102_444_800_000, "s1", "c9", "u9", Some("a1")),
         reply("e4", ts + 40_000, "s2", "c2", "u2", "a1"),
     ];
     std::fs::write(&log, lines.join("\n")).unwrap();
@@ -812,7 +815,9 @@ async fn replay_prints_the_agents_skips_bad_lines_and_slices_by_shop() {
     };
     let out = run(&[]);
     assert_eq!(out.status.code(), Some(1), "a bad line is reported in the exit code");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 3"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("line 5: event e9: field `ts`"), "{stderr}");
     let all: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(all["now"], ts + 40_000);
     let a1 = &all["agents"]["a1"];
