@@ -969,22 +969,18 @@ impl Engine {
         let n = events.len();
         let mut out = Vec::with_capacity(n);
         for step in 0..n + INDEX_AHEAD {
+            // The event `lead` events ahead of the one this step applies.
+            let at = |lead: usize| (step + lead).checked_sub(INDEX_AHEAD);
             if let Some(a) = ahead.get_mut(step) {
                 self.fetch_index(a);
             }
-            if let Some(a) = (step + ENTRY_AHEAD)
-                .checked_sub(INDEX_AHEAD)
-                .and_then(|i| ahead.get_mut(i))
-            {
+            if let Some(a) = at(ENTRY_AHEAD).and_then(|i| ahead.get_mut(i)) {
                 self.fetch_entry(a);
             }
-            if let Some(a) = (step + PARTIAL_AHEAD)
-                .checked_sub(INDEX_AHEAD)
-                .and_then(|i| ahead.get(i))
-            {
+            if let Some(a) = at(PARTIAL_AHEAD).and_then(|i| ahead.get(i)) {
                 self.fetch_partial(a);
             }
-            let Some(i) = step.checked_sub(INDEX_AHEAD) else {
+            let Some(i) = at(0) else {
                 continue;
             };
             out.push(self.apply_keyed(&events[i], &ahead[i]));
@@ -1123,7 +1119,7 @@ impl Engine {
                     self.record(s, Some(from), MarkKind::TransferOut, 0, ts);
                 }
             }
-            EventKind::Close { .. } => self.close(s, ahead.chat_keys()[0]),
+            EventKind::Close { .. } => self.close(s, ahead.conversation.expect("a close names its conversation")),
             EventKind::Flag { customer, .. } => {
                 let cu = self.shops[s as usize].customer(customer, ts);
                 self.flag(s, cu);
@@ -1135,7 +1131,7 @@ impl Engine {
                     .dedup
                     .insert(order_fingerprint(event.shop.as_str(), order.as_str()), ts)
                 {
-                    self.order(s, ahead.chat_keys()[1], *amount, ts);
+                    self.order(s, ahead.customer.expect("an order names its customer"), *amount, ts);
                 }
             }
         }
