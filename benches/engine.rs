@@ -210,17 +210,13 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
                 Clock::Event => "event clock",
                 Clock::Wall => "wall clock",
             };
-            let cold = best_of_3(|| time_apply(clock, &[], first));
-            let warm = best_of_3(|| time_apply(clock, &events[..WARM_UP], warm_part));
-            println!(
-                "apply: {} events, {agents} agents, {shops} shops, {name}, fresh engine: best of 3 {cold:.3} s = {:.2} M events/s",
-                first.len(),
-                first.len() as f64 / cold / 1e6
-            );
-            println!(
-                "apply: {} events, {agents} agents, {shops} shops, {name}, after {WARM_UP} events: best of 3 {warm:.3} s = {:.2} M events/s",
+            let desk = format!("{agents} agents, {shops} shops, {name}");
+            report(&desk, None, first.len(), best_of_3(|| time_apply(clock, &[], first)));
+            report(
+                &desk,
+                Some(WARM_UP),
                 warm_part.len(),
-                warm_part.len() as f64 / warm / 1e6
+                best_of_3(|| time_apply(clock, &events[..WARM_UP], warm_part)),
             );
         }
         // The runs above read each event from a 3 M-event vector built in
@@ -228,19 +224,28 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
         // (and `replay`) apply a frame microseconds after parsing it, its
         // events still in cache. Here each frame is cloned, untimed, just
         // before it is applied, and only the engine's calls are timed.
-        let cold = best_of_3(|| time_apply_hot(&[], first));
-        let warm = best_of_3(|| time_apply_hot(&events[..WARM_UP], warm_part));
-        println!(
-            "apply: {} events, {agents} agents, {shops} shops, wall clock, frames in cache, fresh engine: best of 3 {cold:.3} s = {:.2} M events/s",
-            first.len(),
-            first.len() as f64 / cold / 1e6
-        );
-        println!(
-            "apply: {} events, {agents} agents, {shops} shops, wall clock, frames in cache, after {WARM_UP} events: best of 3 {warm:.3} s = {:.2} M events/s",
+        let desk = format!("{agents} agents, {shops} shops, wall clock, frames in cache");
+        report(&desk, None, first.len(), best_of_3(|| time_apply_hot(&[], first)));
+        report(
+            &desk,
+            Some(WARM_UP),
             warm_part.len(),
-            warm_part.len() as f64 / warm / 1e6
+            best_of_3(|| time_apply_hot(&events[..WARM_UP], warm_part)),
         );
     }
+}
+
+/// Prints one `apply` figure: `events` applied in `secs` (best of 3) on
+/// the desk `desk` describes, fresh or after `warm_up` events.
+fn report(desk: &str, warm_up: Option<usize>, events: usize, secs: f64) {
+    let engine = match warm_up {
+        None => "fresh engine".to_owned(),
+        Some(n) => format!("after {n} events"),
+    };
+    println!(
+        "apply: {events} events, {desk}, {engine}: best of 3 {secs:.3} s = {:.2} M events/s",
+        events as f64 / secs / 1e6
+    );
 }
 
 /// Seconds a fresh wall-clock engine spends in `tick`, `apply_batch` and
@@ -257,14 +262,7 @@ fn time_apply_hot(warm_up: &[Event], timed: &[Event]) -> f64 {
     for (i, frame) in timed.chunks(100).enumerate() {
         let fresh: Vec<Event> = frame.to_vec();
         let t = Instant::now();
-        if let Some(newest) = fresh.iter().map(|e| e.ts).max() {
-            engine.tick(newest);
-        }
-        drop(engine.apply_batch(&fresh));
-        if i % 40 == 39 {
-            drop(engine.take_alert_changes());
-            drop(engine.take_dirty());
-        }
+        apply_frame(&mut engine, i, &fresh);
         took += t.elapsed().as_secs_f64();
         drop(fresh);
     }
@@ -298,16 +296,22 @@ fn time_apply(clock: Clock, warm_up: &[Event], timed: &[Event]) -> f64 {
 /// the server ticks to the time it logged the frame at (the workload's
 /// wall time is its event time).
 fn apply_frames(engine: &mut Engine, events: &[Event]) {
-    let wall = engine.settings().clock == Clock::Wall;
     for (i, frame) in events.chunks(100).enumerate() {
-        if wall && let Some(newest) = frame.iter().map(|e| e.ts).max() {
-            engine.tick(newest);
-        }
-        drop(engine.apply_batch(frame));
-        if i % 40 == 39 {
-            drop(engine.take_alert_changes());
-            drop(engine.take_dirty());
-        }
+        apply_frame(engine, i, frame);
+    }
+}
+
+/// The `i`-th frame of [`apply_frames`].
+fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
+    if engine.settings().clock == Clock::Wall
+        && let Some(newest) = frame.iter().map(|e| e.ts).max()
+    {
+        engine.tick(newest);
+    }
+    drop(engine.apply_batch(frame));
+    if i % 40 == 39 {
+        drop(engine.take_alert_changes());
+        drop(engine.take_dirty());
     }
 }
 

@@ -51,9 +51,9 @@ pub fn apply_log(
 ) -> std::io::Result<ReplayCounts> {
     let mut counts = ReplayCounts::default();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Parsed>(16);
-    let future_limit = wall_ms().saturating_add(EVENT_CLOCK_MAX_AHEAD_MS);
+    let wall = wall_ms();
     std::thread::scope(|scope| {
-        let parser = scope.spawn(move || parse_lines(input, future_limit, tx));
+        let parser = scope.spawn(move || parse_lines(input, wall, tx));
         for item in rx {
             match item {
                 Parsed::Events(events) => {
@@ -83,12 +83,9 @@ pub fn apply_log(
 }
 
 /// Parses `reader` line by line into chunks of events for the applier;
-/// events stamped after `future_limit` are reported, not sent.
-fn parse_lines(
-    mut reader: impl BufRead,
-    future_limit: i64,
-    tx: std::sync::mpsc::SyncSender<Parsed>,
-) -> std::io::Result<()> {
+/// events stamped more than [`EVENT_CLOCK_MAX_AHEAD_MS`] after `wall` are
+/// reported, not sent.
+fn parse_lines(mut reader: impl BufRead, wall: i64, tx: std::sync::mpsc::SyncSender<Parsed>) -> std::io::Result<()> {
     const CHUNK: usize = 1024;
     let mut line = Vec::new();
     let mut number = 0u64;
@@ -105,13 +102,17 @@ fn parse_lines(
             continue;
         }
         let batch = parse_batch(&line, UnknownFields::Warn);
-        let too_late = batch.events.first().filter(|(_, e)| e.ts > future_limit).map(|(_, e)| {
-            format!(
-                "event {}: field `ts`: {} ms ahead of this machine's clock (limit {EVENT_CLOCK_MAX_AHEAD_MS} ms)",
-                e.id,
-                e.ts.saturating_sub(future_limit - EVENT_CLOCK_MAX_AHEAD_MS)
-            )
-        });
+        let too_late = batch
+            .events
+            .first()
+            .map(|(_, e)| (e, e.ts.saturating_sub(wall)))
+            .filter(|&(_, ahead)| ahead > EVENT_CLOCK_MAX_AHEAD_MS)
+            .map(|(e, ahead)| {
+                format!(
+                    "event {}: field `ts`: {ahead} ms ahead of this machine's clock (limit {EVENT_CLOCK_MAX_AHEAD_MS} ms)",
+                    e.id
+                )
+            });
         if batch.len() != 1 || batch.events.is_empty() || too_late.is_some() {
             let reason = too_late.unwrap_or_else(|| {
                 batch

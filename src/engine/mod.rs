@@ -798,10 +798,12 @@ impl Ahead {
         }
     }
 
-    /// The conversation and customer keys, for an event that names both
-    /// (0 stands for one it does not name).
+    /// The conversation and customer keys of a chat or assign event.
     fn chat_keys(&self) -> [IdKey; 2] {
-        [self.conversation.unwrap_or(0), self.customer.unwrap_or(0)]
+        [
+            self.conversation.expect("a chat event names its conversation"),
+            self.customer.expect("a chat event names its customer"),
+        ]
     }
 }
 
