@@ -5,14 +5,14 @@
 
 pub mod alerts;
 pub mod day;
+mod deadlines;
 pub mod dedup;
 pub mod desk;
 mod index;
 mod slab;
 pub mod window;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Hash maps of the hot path: foldhash, seeded per process (outputs never
 /// depend on iteration order).
@@ -25,6 +25,7 @@ use serde::Serialize;
 use crate::protocol::{AgentId, AgentStatus, ConversationId, CustomerId, Event, EventKind, ShopId, TeamId};
 use alerts::{Alert, AlertBook, AlertChange, Reading, Rule, Severity, Thresholds};
 use day::{Calendar, Day};
+use deadlines::Deadlines;
 use dedup::{Dedup, Fingerprint, fingerprint, order_fingerprint};
 use index::IdIndex;
 use slab::Slab;
@@ -727,6 +728,8 @@ pub struct Engine {
     agents: Vec<AgentInfo>,
     alerts: AlertBook,
     /// (deadline, shop, agent): re-check `customer_waiting` at the deadline.
+    /// A superseded entry stays until it comes due and is then skipped (the
+    /// partial's own deadline no longer matches it); so in `slow_deadlines`.
     wait_deadlines: Deadlines,
     /// (deadline, shop, agent): re-check `slow_average` when a sample leaves the 15m window.
     slow_deadlines: Deadlines,
@@ -816,27 +819,13 @@ pub fn dedup_key(event: &Event) -> Fingerprint {
 /// desk with thousands of shops never stops for it.
 pub const MAINTAIN_SHOPS_PER_TICK: u32 = 8;
 
-/// (deadline, shop, agent) entries, earliest first. A superseded entry
-/// stays until it comes due and is then skipped (the partial's own
-/// deadline no longer matches it).
-type Deadlines = BinaryHeap<Reverse<(i64, ShopIx, AgentIx)>>;
-
-/// Takes the earliest deadline entry if it is due at `now`.
-fn pop_due(deadlines: &mut Deadlines, now: i64) -> Option<(i64, ShopIx, AgentIx)> {
-    if deadlines.peek().is_some_and(|Reverse((d, _, _))| *d <= now) {
-        deadlines.pop().map(|Reverse(e)| e)
-    } else {
-        None
-    }
-}
-
 /// Makes `next` the partial's deadline in force (`slot`), queueing it if
 /// it changed; the entry it replaces is skipped when it comes due.
 fn reschedule(slot: &mut Option<i64>, queue: &mut Deadlines, next: Option<i64>, s: ShopIx, a: AgentIx) {
     if *slot != next {
         *slot = next;
         if let Some(d) = next {
-            queue.push(Reverse((d, s, a)));
+            queue.push((d, s, a));
         }
     }
 }
@@ -900,8 +889,8 @@ impl Engine {
             agent_ix: Map::default(),
             agents: Vec::new(),
             alerts: AlertBook::default(),
-            wait_deadlines: Deadlines::new(),
-            slow_deadlines: Deadlines::new(),
+            wait_deadlines: Deadlines::default(),
+            slow_deadlines: Deadlines::default(),
             touched: Vec::new(),
             dirty_agents: Vec::new(),
             dirty_partials: Vec::new(),
@@ -1165,7 +1154,7 @@ impl Engine {
             return;
         }
         self.now = now;
-        while let Some((deadline, s, a)) = pop_due(&mut self.wait_deadlines, now) {
+        while let Some((deadline, s, a)) = self.wait_deadlines.pop_due(now) {
             if let Some(p) = self.shops[s as usize].partials.get_mut(&a)
                 && p.wait_deadline == Some(deadline)
             {
@@ -1173,7 +1162,7 @@ impl Engine {
                 self.check_waiting(s, a);
             }
         }
-        while let Some((deadline, s, a)) = pop_due(&mut self.slow_deadlines, now) {
+        while let Some((deadline, s, a)) = self.slow_deadlines.pop_due(now) {
             if let Some(p) = self.shops[s as usize].partials.get_mut(&a)
                 && p.slow_deadline == Some(deadline)
             {
