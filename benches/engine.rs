@@ -6,6 +6,12 @@
 //! Run: `cargo bench --bench engine` (add `-- apply`, `-- memory`,
 //! `-- snapshot` or `-- replay` to run one part; `-- apply-1000` or `-- apply-20000` for one
 //! desk size). Results go into BENCHMARKS.md by hand.
+//!
+//! `-- count` is not a timing: it applies 500 000 events of the 1 000-agent
+//! desk, after 1 M untimed, inside [`counted`], for a count of
+//! instructions and simulated cache misses that does not move with the
+//! machine's load:
+//! `valgrind --tool=callgrind --cache-sim=yes --toggle-collect='*counted*' <bench binary> count`.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -315,6 +321,27 @@ fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
     }
 }
 
+/// The workload of `apply-1000`'s warm desk: 1 M events untimed, then
+/// 500 000 through [`counted`] under the wall clock, as `serve` runs.
+fn bench_count() {
+    const WARM_UP: usize = 1_000_000;
+    let events = workload(WARM_UP + 500_000, 1_000, 50, 7);
+    let mut engine = Engine::new(Arc::new(Settings {
+        clock: Clock::Wall,
+        ..Settings::default()
+    }));
+    apply_frames(&mut engine, &events[..WARM_UP]);
+    counted(&mut engine, &events[WARM_UP..]);
+    println!("count: applied {} events in `counted`", events.len() - WARM_UP);
+}
+
+/// The part of [`bench_count`] a profiler counts (`--toggle-collect`).
+#[inline(never)]
+fn counted(engine: &mut Engine, events: &[Event]) {
+    apply_frames(engine, events);
+    std::hint::black_box(engine);
+}
+
 /// Each memory figure is taken in a fresh process, so memory freed by an
 /// earlier measurement cannot hide growth in a later one.
 fn bench_memory() {
@@ -594,6 +621,10 @@ fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     bench_apply(want);
+    if filter.iter().any(|f| f == "count") {
+        bench_count();
+        return;
+    }
     if want("memory") {
         bench_memory();
     }
