@@ -1080,7 +1080,7 @@ impl Engine {
                 // A flagged customer's messages are ignored, down to the
                 // agent they name: it does not become known through them.
                 if !self.shops[s as usize].flagged(cu) {
-                    let a = agent.as_ref().map(|a| self.agent_index(a));
+                    let a = agent.as_ref().map(|a| self.agent_in(s, at.found, a));
                     self.customer_message(s, at, cu, a, ts);
                 }
             }
@@ -1091,7 +1091,7 @@ impl Engine {
                 auto,
             } => {
                 let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ahead.chat_keys(), ts);
-                let a = self.agent_index(agent);
+                let a = self.agent_in(s, at.found, agent);
                 self.agent_message(s, at, cu, a, *auto, ts);
             }
             EventKind::Assign {
@@ -1101,7 +1101,7 @@ impl Engine {
                 from_agent,
             } => {
                 let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ahead.chat_keys(), ts);
-                let a = self.agent_index(agent);
+                let a = self.agent_in(s, at.found, agent);
                 let c = self.open_conversation(s, at, cu, ts);
                 self.assign(s, c, a, ts);
                 if let Some(from) = from_agent {
@@ -1190,6 +1190,18 @@ impl Engine {
         self.shops.push(Shop::new(id.clone()));
         self.shop_ix.insert(key, s);
         s
+    }
+
+    /// The agent's index, as [`Engine::agent_index`], taken from the
+    /// conversation `found` (of shop `s`) when it is already assigned to
+    /// this agent, as most chat events name: a compare of two short strings
+    /// instead of hashing the id and probing the agent index.
+    fn agent_in(&mut self, s: ShopIx, found: Option<ConvIx>, id: &AgentId) -> AgentIx {
+        let assigned = found.and_then(|c| self.shops[s as usize].conversations[c].agent);
+        match assigned {
+            Some(a) if self.agents[a as usize].id == *id => a,
+            _ => self.agent_index(id),
+        }
     }
 
     fn agent_index(&mut self, id: &AgentId) -> AgentIx {
