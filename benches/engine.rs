@@ -11,7 +11,7 @@
 //! desk, after 1 M untimed, inside [`counted`], for a count of
 //! instructions and simulated cache misses that does not move with the
 //! machine's load:
-//! `valgrind --tool=callgrind --cache-sim=yes --toggle-collect='*counted*' <bench binary> count`.
+//! `valgrind --tool=callgrind --cache-sim=yes --LL=33554432,16,64 --toggle-collect='*counted*' <bench binary> count`.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -620,11 +620,11 @@ fn main() {
     }
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
-    bench_apply(want);
     if filter.iter().any(|f| f == "count") {
         bench_count();
         return;
     }
+    bench_apply(want);
     if want("memory") {
         bench_memory();
     }

@@ -12,9 +12,7 @@
 //! deadline to the ms, then shop, then agent.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
-use serde::de::{SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -111,21 +109,11 @@ impl Serialize for Deadlines {
 
 impl<'de> Deserialize<'de> for Deadlines {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Entries;
-        impl<'de> Visitor<'de> for Entries {
-            type Value = Deadlines;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a sequence of (deadline, shop, agent)")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Deadlines, A::Error> {
-                let mut d = Deadlines::default();
-                while let Some(entry) = seq.next_element::<Entry>()? {
-                    d.push(entry);
-                }
-                Ok(d)
-            }
+        let mut d = Deadlines::default();
+        for entry in Vec::<Entry>::deserialize(deserializer)? {
+            d.push(entry);
         }
-        deserializer.deserialize_seq(Entries)
+        Ok(d)
     }
 }
 

@@ -315,7 +315,7 @@ fn separated(shop: &str, separator: u8, id: &str) -> Fingerprint {
         h.mix(u64::from_le_bytes(word.try_into().expect("8 bytes")));
     }
     h.mix(len as u64);
-    (u128::from(Lanes::avalanche(h.a)) << 64) | u128::from(Lanes::avalanche(h.b))
+    h.output()
 }
 
 /// Input shorter than this is hashed from a stack buffer by [`separated`].
@@ -410,6 +410,12 @@ impl Lanes {
         let (buf, len) = (self.buf, self.len);
         self.mix(buf);
         self.mix(len);
+        self.output()
+    }
+
+    /// The fingerprint of the lanes once every word, the length last, is
+    /// mixed in.
+    fn output(&self) -> Fingerprint {
         (u128::from(Self::avalanche(self.a)) << 64) | u128::from(Self::avalanche(self.b))
     }
 
