@@ -182,13 +182,19 @@ impl FlatSet {
         if fp == 0 {
             return !std::mem::replace(&mut self.has_zero, true);
         }
-        if self.contains(fp) {
-            return false;
-        }
+        // Growth first, so the one probe of `slots` below also finds the
+        // slot to fill: a move into `slots` after it could take that slot.
+        // Doing this work for a duplicate only brings it forward.
         self.move_some(Self::MOVE_PER_INSERT);
         self.zero_some(Self::ZERO_PER_INSERT);
         self.reserve(1);
-        Self::place(&mut self.slots, fp);
+        let Err(free) = Self::find(&self.slots, fp) else {
+            return false;
+        };
+        if self.old_len > 0 && Self::probe(&self.old, fp) {
+            return false;
+        }
+        self.slots[free] = fp;
         self.len += 1;
         true
     }
@@ -198,13 +204,20 @@ impl FlatSet {
         if self.old.is_empty() {
             return;
         }
-        let end = (self.old_next + n).min(self.old.len());
-        for i in self.old_next..end {
-            let fp = self.old[i];
-            if fp != 0 {
-                Self::place(&mut self.slots, fp);
-                self.len += 1;
-                self.old_len -= 1;
+        let end = self.old_next.saturating_add(n).min(self.old.len());
+        let size = self.slots.len();
+        for chunk in self.old[self.old_next..end].chunks(Self::MOVE_PER_INSERT) {
+            // Each lands in a random line of a table far larger than the
+            // caches: ask for all of a chunk's lines before writing any.
+            for &fp in chunk {
+                mem_prefetch::prefetch_write_data::<_, 3>(&self.slots[Self::home(fp, size)]);
+            }
+            for &fp in chunk {
+                if fp != 0 {
+                    Self::place(&mut self.slots, fp);
+                    self.len += 1;
+                    self.old_len -= 1;
+                }
             }
         }
         self.old_next = end;
@@ -559,6 +572,21 @@ mod tests {
             }
         }
         assert!(seen_moving, "growth happened in steps");
+    }
+
+    #[test]
+    fn settling_a_flat_set_part_way_through_a_move_finishes_it() {
+        let mut set = FlatSet::default();
+        let fps: Vec<Fingerprint> = (0..2000u64).map(|i| fingerprint("s", &i.to_string())).collect();
+        let mut n = 0;
+        while set.old_next == 0 {
+            assert!(set.insert(fps[n]));
+            n += 1;
+        }
+        set.settle();
+        assert!(set.old.is_empty(), "the move ended");
+        assert_eq!(set.len(), n);
+        assert!(fps[..n].iter().all(|&fp| FlatSet::probe(&set.slots, fp)));
     }
 
     #[test]
