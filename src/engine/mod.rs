@@ -255,12 +255,12 @@ type ConvIx = u32;
 /// every mark naming it are forgotten).
 type CustIx = u32;
 
-/// The key of the id indexes: a 128-bit fingerprint of the id, so a lookup
+/// The key of the id indexes: a 128-bit hash of the id, so a lookup
 /// compares integers in the table instead of chasing the id's string.
 type IdKey = u128;
 
 fn id_key(id: &str) -> IdKey {
-    fingerprint("", id)
+    index::key_of(id)
 }
 
 /// A key as two words: held in a struct, it keeps the struct 8-aligned.
@@ -858,6 +858,7 @@ impl Engine {
     pub fn restore(settings: Arc<Settings>, bytes: &[u8]) -> Result<Self, postcard::Error> {
         let mut e: Engine = postcard::from_bytes(bytes)?;
         e.calendar = Calendar::new(settings.timezone.clone());
+        e.rebuild_indexes(id_key);
         let Engine { shops, agents, .. } = &mut e;
         for s in shops.iter_mut() {
             for (&a, p) in &mut s.partials {
@@ -874,6 +875,30 @@ impl Engine {
         }
         e.settings = settings;
         Ok(e)
+    }
+
+    /// Builds every id index again from the ids the engine holds, keyed
+    /// by `key` ([`id_key`] but in tests): a snapshot carries the keys of
+    /// the build that wrote it, and keys are free to change between builds.
+    fn rebuild_indexes(&mut self, key: fn(&str) -> IdKey) {
+        self.shop_ix = (0..)
+            .zip(&self.shops)
+            .map(|(s, shop)| (key(shop.id.as_str()), s))
+            .collect();
+        self.agent_ix = (0..)
+            .zip(&self.agents)
+            .map(|(a, info)| (key(info.id.as_str()), a))
+            .collect();
+        for shop in &mut self.shops {
+            shop.conversation_ix = IdIndex::default();
+            for (c, conversation) in shop.conversations.iter() {
+                shop.conversation_ix.insert(key(conversation.id.as_str()), c);
+            }
+            shop.customer_ix = IdIndex::default();
+            for (cu, customer) in shop.customers.iter() {
+                shop.customer_ix.insert(key(customer.id.as_str()), cu);
+            }
+        }
     }
 
     /// An empty engine.

@@ -923,6 +923,25 @@ fn a_restored_engine_rebuilds_each_conversations_customer_key() {
     assert_eq!(d.today("a1").replied_customers, 2);
 }
 
+/// Snapshots written before 2026-12-03 hold index keys made with the
+/// duplicate set's fingerprint; restore keys every index anew.
+#[test]
+fn a_snapshot_keyed_by_another_build_restores_with_this_builds_keys() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.customer(T0 + S, "c2", "u2", Some("a2"));
+    d.engine.rebuild_indexes(|id| super::dedup::fingerprint("", id));
+    let bytes = d.engine.snapshot();
+    let restored = Engine::restore(d.engine.settings().clone(), &bytes).expect("the snapshot loads");
+    restored.assert_consistent();
+    d.engine = restored;
+    d.reply(T0 + 3 * S, "c1", "u1", "a1");
+    d.reply(T0 + 3 * S, "c2", "u2", "a2");
+    d.engine.assert_consistent();
+    assert_eq!((d.today("a1").responses, d.today("a2").responses), (1, 1));
+    assert_eq!(d.engine.census().conversations, 2, "no conversation opened twice");
+}
+
 #[test]
 fn waits_are_stored_as_the_start_to_count_map_they_were() {
     #[derive(serde::Serialize)]
