@@ -336,7 +336,7 @@ const SHORT_BYTES: usize = 64;
 
 /// The last `n` (1..=7) bytes of `bytes` as a little-endian word, read
 /// with whole loads: a byte-wise copy here costs more than the hashing.
-pub(super) fn tail_word(bytes: &[u8], n: usize) -> u64 {
+fn tail_word(bytes: &[u8], n: usize) -> u64 {
     if let Some(last) = bytes.len().checked_sub(8) {
         let word = u64::from_le_bytes(bytes[last..].try_into().expect("8 bytes"));
         return word >> (8 * (8 - n));
