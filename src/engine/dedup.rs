@@ -232,16 +232,25 @@ impl FlatSet {
     /// reallocates; the pages it touches are new.
     fn zero_some(&mut self, n: usize) {
         let missing = self.next_size - self.next.len();
-        self.next.extend(std::iter::repeat_n(0, n.min(missing)));
+        if missing > 0 {
+            self.next.extend(std::iter::repeat_n(0, n.min(missing)));
+        }
     }
 
     /// Makes room for `extra` more fingerprints within the load limit: at
     /// once when the set is empty, else by starting a gradual move.
+    #[inline]
     fn reserve(&mut self, extra: usize) {
         let need = self.len + self.old_len + extra;
         if need * 10 <= self.slots.len() * 6 {
             return;
         }
+        self.reserve_more(need);
+    }
+
+    /// [`FlatSet::reserve`] past 6/10: starts zeroing the successor, and
+    /// past 7/10 grows into it.
+    fn reserve_more(&mut self, need: usize) {
         if self.next_size == 0 && self.old.is_empty() && !self.slots.is_empty() {
             // Start zeroing the successor ahead of need.
             self.next_size = 2 * self.slots.len();
