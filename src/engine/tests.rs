@@ -32,6 +32,14 @@ impl Desk {
         }
     }
 
+    /// Snapshots the engine and carries on with the engine restored from
+    /// it, checking that the restored indexes agree with their slabs.
+    fn restart(&mut self) {
+        let bytes = self.engine.snapshot();
+        self.engine = Engine::restore(self.engine.settings().clone(), &bytes).expect("the snapshot loads");
+        self.engine.assert_consistent();
+    }
+
     fn send(&mut self, ts: i64, shop: &str, kind: EventKind) -> Applied {
         self.seq += 1;
         let event = Event {
@@ -913,10 +921,7 @@ fn a_restored_engine_rebuilds_each_conversations_customer_key() {
     // The sender moves c2 to another customer id.
     d.customer(T0 + 2 * S, "c2", "u3", None);
     d.engine.assert_consistent();
-    let bytes = d.engine.snapshot();
-    let restored = Engine::restore(d.engine.settings().clone(), &bytes).expect("the snapshot loads");
-    restored.assert_consistent();
-    d.engine = restored;
+    d.restart();
     d.reply(T0 + 3 * S, "c1", "u1", "a1");
     d.reply(T0 + 3 * S, "c2", "u3", "a1");
     d.engine.assert_consistent();
@@ -931,10 +936,7 @@ fn a_snapshot_keyed_by_another_build_restores_with_this_builds_keys() {
     d.customer(T0, "c1", "u1", Some("a1"));
     d.customer(T0 + S, "c2", "u2", Some("a2"));
     d.engine.rebuild_indexes(|id| super::dedup::fingerprint("", id));
-    let bytes = d.engine.snapshot();
-    let restored = Engine::restore(d.engine.settings().clone(), &bytes).expect("the snapshot loads");
-    restored.assert_consistent();
-    d.engine = restored;
+    d.restart();
     d.reply(T0 + 3 * S, "c1", "u1", "a1");
     d.reply(T0 + 3 * S, "c2", "u2", "a2");
     d.engine.assert_consistent();
@@ -1007,9 +1009,7 @@ fn held_marks_outlive_the_clean_up_and_survive_a_snapshot() {
     let later = T0 + 50 * 3_600_000;
     d.customer(later, "k2", "u2", Some("a2"));
     d.engine.assert_consistent();
-    let bytes = d.engine.snapshot();
-    d.engine = Engine::restore(d.engine.settings().clone(), &bytes).expect("the snapshot loads");
-    d.engine.assert_consistent();
+    d.restart();
     d.reply(later + S, "k1", "u1", "a1");
     assert_eq!(
         d.stats("a1", Window::Min5).metrics.customers,
