@@ -864,22 +864,15 @@ impl Engine {
             for (&a, p) in &mut s.partials {
                 p.thresholds = settings.thresholds_for(Some(&agents[a as usize].id), &s.id);
             }
-            let Shop {
-                conversations,
-                customers,
-                ..
-            } = s;
-            for c in conversations.values_mut() {
-                c.customer_key = halves(id_key(customers[c.customer].id.as_str()));
-            }
         }
         e.settings = settings;
         Ok(e)
     }
 
     /// Builds every id index again from the ids the engine holds, keyed
-    /// by `key` ([`id_key`] but in tests): a snapshot carries the keys of
-    /// the build that wrote it, and keys are free to change between builds.
+    /// by `key` ([`id_key`] but in tests), and each conversation's copy of
+    /// its customer's key (not stored): a snapshot carries the keys of the
+    /// build that wrote it, and keys are free to change between builds.
     fn rebuild_indexes(&mut self, key: fn(&str) -> IdKey) {
         self.shop_ix = (0..)
             .zip(&self.shops)
@@ -897,6 +890,14 @@ impl Engine {
             shop.customer_ix = IdIndex::default();
             for (cu, customer) in shop.customers.iter() {
                 shop.customer_ix.insert(key(customer.id.as_str()), cu);
+            }
+            let Shop {
+                conversations,
+                customers,
+                ..
+            } = shop;
+            for c in conversations.values_mut() {
+                c.customer_key = halves(key(customers[c.customer].id.as_str()));
             }
         }
     }
