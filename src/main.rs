@@ -229,7 +229,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serde_json::to_writer_pretty(&mut stdout, &out)?;
             writeln!(stdout)?;
             eprintln!(
-                "replay: {} accepted, {} duplicates, {} bad lines skipped",
+                "replay: {} accepted, {} duplicates, {} bad events or lines skipped",
                 counts.accepted, counts.duplicates, counts.rejected
             );
             Ok(if counts.rejected > 0 {

@@ -296,9 +296,17 @@ pub fn parse_batch(bytes: &[u8], unknown: UnknownFields) -> Batch {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut batch = Batch::default();
     let trimmed = trim_ascii_start(bytes);
+    // The parser skips the values of fields it does not read without
+    // checking their bytes, so the text is checked whole first: bad UTF-8
+    // anywhere in an event, an unknown field included, refuses that event.
+    let text = std::str::from_utf8(trimmed).is_ok();
     match trimmed.first() {
         None => {}
-        Some(b'[') => parse_array(trimmed, unknown, &mut batch),
+        Some(b'[') if text => parse_array(trimmed, unknown, &mut batch),
+        Some(b'[') => parse_damaged_array(trimmed, unknown, &mut batch),
+        Some(_) if !text && !is_one_value(trimmed) => parse_ndjson(bytes, unknown, &mut batch),
+        // One object (that may span lines) with bad bytes: refused, the field named.
+        Some(_) if !text => parse_item(0, trimmed, unknown, &mut batch),
         Some(_) => {
             // One object that may span lines, or NDJSON.
             let single = {
@@ -314,6 +322,12 @@ pub fn parse_batch(bytes: &[u8], unknown: UnknownFields) -> Batch {
     batch
 }
 
+/// Whether `bytes`, read with bad UTF-8 replaced, is one JSON value (an
+/// object spanning lines) rather than NDJSON.
+fn is_one_value(bytes: &[u8]) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(&String::from_utf8_lossy(bytes)).is_ok()
+}
+
 fn trim_ascii_start(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
@@ -322,6 +336,7 @@ fn trim_ascii_start(bytes: &[u8]) -> &[u8] {
     &bytes[start..]
 }
 
+/// Parses the array `bytes`, which are valid UTF-8.
 fn parse_array(bytes: &[u8], unknown: UnknownFields, batch: &mut Batch) {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let result = RawArray.deserialize(&mut de).and_then(|raws| de.end().map(|()| raws));
@@ -331,19 +346,31 @@ fn parse_array(bytes: &[u8], unknown: UnknownFields, batch: &mut Batch) {
                 push(batch, index, raw, unknown);
             }
         }
-        Err(e) => match std::str::from_utf8(bytes).err().and_then(|_| split_array(bytes)) {
-            // Bad bytes inside some items: the others are still taken.
-            Some(items) => {
-                for (index, item) in items.into_iter().enumerate() {
-                    parse_item(index, item, unknown, batch);
-                }
+        Err(e) => batch.rejected.push(Rejection {
+            index: None,
+            id: None,
+            error: format!("the array is not well-formed JSON, no event taken: {e}"),
+        }),
+    }
+}
+
+/// Parses the array `bytes`, which hold bad UTF-8: item by item, so the
+/// items without bad bytes are still taken.
+fn parse_damaged_array(bytes: &[u8], unknown: UnknownFields, batch: &mut Batch) {
+    match split_array(bytes) {
+        Some(items) => {
+            for (index, item) in items.into_iter().enumerate() {
+                parse_item(index, item, unknown, batch);
             }
-            None => batch.rejected.push(Rejection {
+        }
+        None => {
+            let at = std::str::from_utf8(bytes).err().map_or(0, |e| e.valid_up_to());
+            batch.rejected.push(Rejection {
                 index: None,
                 id: None,
-                error: format!("the array is not well-formed JSON, no event taken: {e}"),
-            }),
-        },
+                error: format!("the array is not well-formed JSON and not valid UTF-8 (byte {at}), no event taken"),
+            });
+        }
     }
 }
 
@@ -1038,6 +1065,26 @@ mod tests {
         assert_eq!(batch.rejected.len(), 1);
         assert_eq!(batch.rejected[0].index, None);
         assert!(batch.events.is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_field_not_read_still_rejects_the_event() {
+        let bad = b"{\"id\":\"b\",\"type\":\"conversation.close\",\"ts\":1,\"shop\":\"s\",\"conversation\":\"c\",\"note\":\"\xff\xfe\"}";
+        let good = br#"{"id":"a","type":"conversation.close","ts":1,"shop":"s","conversation":"c"}"#;
+        let spread = [b"{\n".as_slice(), &bad[1..]].concat();
+        for (body, index) in [
+            (bad.to_vec(), 0),
+            (spread, 0),
+            ([good.as_slice(), b"\n", bad].concat(), 1),
+            ([b"[".as_slice(), good, b",", bad, b"]"].concat(), 1),
+        ] {
+            let batch = parse_batch(&body, UnknownFields::Warn);
+            assert_eq!(batch.events.len(), index, "{}", String::from_utf8_lossy(&body));
+            assert_eq!(batch.rejected.len(), 1);
+            let r = &batch.rejected[0];
+            assert_eq!((r.index, r.id.as_deref()), (Some(index), Some("b")));
+            assert!(r.error.starts_with("field `note`: not valid UTF-8"), "{}", r.error);
+        }
     }
 
     #[test]

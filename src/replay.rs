@@ -32,14 +32,17 @@ pub struct ReplayCounts {
     pub accepted: u64,
     /// Repeated `(shop, id)`s.
     pub duplicates: u64,
-    /// Lines skipped as bad.
+    /// Events refused (a line of one event, or an item of a line holding
+    /// an array), and lines that are not JSON at all.
     pub rejected: u64,
 }
 
 /// What the parsing thread hands to the applying one.
 enum Parsed {
     Events(Vec<crate::protocol::Event>),
-    Note(String),
+    /// A line for stderr, and whether it tells of an event refused (not
+    /// one taken with a warning).
+    Note(String, bool),
 }
 
 /// Applies every line of `input` to `engine`; bad lines go to `errors` as
@@ -69,10 +72,8 @@ pub fn apply_log(
                     // transitions: drop the change list as a server would.
                     drop(engine.take_alert_changes());
                 }
-                Parsed::Note(line) => {
-                    if !line.contains("unknown field") {
-                        counts.rejected += 1;
-                    }
+                Parsed::Note(line, refused) => {
+                    counts.rejected += u64::from(refused);
                     writeln!(errors, "{line}")?;
                 }
             }
@@ -102,45 +103,49 @@ fn parse_lines(mut reader: impl BufRead, wall: i64, tx: std::sync::mpsc::SyncSen
             continue;
         }
         let batch = parse_batch(&line, UnknownFields::Warn);
-        let too_late = batch
-            .events
-            .first()
-            .map(|(_, e)| (e, e.ts.saturating_sub(wall)))
-            .filter(|&(_, ahead)| ahead > EVENT_CLOCK_MAX_AHEAD_MS)
-            .map(|(e, ahead)| {
-                format!(
-                    "event {}: field `ts`: {ahead} ms ahead of this machine's clock (limit {EVENT_CLOCK_MAX_AHEAD_MS} ms)",
-                    e.id
-                )
-            });
-        if batch.len() != 1 || batch.events.is_empty() || too_late.is_some() {
-            let reason = too_late.unwrap_or_else(|| {
-                batch
-                    .rejected
-                    .first()
-                    .map(|r| match &r.id {
-                        Some(id) => format!("event {id}: {}", r.error),
-                        None => r.error.clone(),
-                    })
-                    .unwrap_or_else(|| "expected exactly one event per line".into())
-            });
-            if !chunk.is_empty() && !send(Parsed::Events(std::mem::take(&mut chunk))) {
-                return Ok(());
-            }
-            if !send(Parsed::Note(format!("line {number}: {reason}"))) {
-                return Ok(());
-            }
-            continue;
+        // A line holding an array is taken as `POST /v1/events` takes a
+        // body: each item on its own, named by its position.
+        let items = line.trim_ascii_start().starts_with(b"[");
+        let at = |index: Option<usize>| match index {
+            Some(i) if items => format!("line {number}, item {i}"),
+            _ => format!("line {number}"),
+        };
+        let mut notes = Vec::new();
+        for r in &batch.rejected {
+            let note = match &r.id {
+                Some(id) => format!("{}: event {id}: {}", at(r.index), r.error),
+                None => format!("{}: {}", at(r.index), r.error),
+            };
+            notes.push((note, true));
         }
         for w in &batch.warnings {
+            notes.push((format!("{}: event {}: {}", at(Some(w.index)), w.id, w.warning), false));
+        }
+        let mut events = Vec::with_capacity(batch.events.len());
+        for (i, e) in batch.events {
+            let ahead = e.ts.saturating_sub(wall);
+            if ahead > EVENT_CLOCK_MAX_AHEAD_MS {
+                let note = format!(
+                    "{}: event {}: field `ts`: {ahead} ms ahead of this machine's clock (limit {EVENT_CLOCK_MAX_AHEAD_MS} ms)",
+                    at(Some(i)),
+                    e.id
+                );
+                notes.push((note, true));
+            } else {
+                events.push(e);
+            }
+        }
+        if !notes.is_empty() {
             if !chunk.is_empty() && !send(Parsed::Events(std::mem::take(&mut chunk))) {
                 return Ok(());
             }
-            if !send(Parsed::Note(format!("line {number}: event {}: {}", w.id, w.warning))) {
-                return Ok(());
+            for (note, refused) in notes {
+                if !send(Parsed::Note(note, refused)) {
+                    return Ok(());
+                }
             }
         }
-        chunk.extend(batch.events.into_iter().map(|(_, e)| e));
+        chunk.extend(events);
         if chunk.len() >= CHUNK && !send(Parsed::Events(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))) {
             return Ok(());
         }

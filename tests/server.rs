@@ -803,8 +803,18 @@ async fn replay_prints_the_agents_skips_bad_lines_and_slices_by_shop() {
         // cannot move `now` past every window.
         customer("e9", 4_102_444_800_000, "s1", "c9", "u9", Some("a1")),
         reply("e4", ts + 40_000, "s2", "c2", "u2", "a1"),
+        // An array: its good item is taken, its bad one named by position.
+        format!(
+            r#"[{{"id":"e5","type":"agent.status","ts":{},"shop":"s1","agent":"a1","status":"away"}}, {{"id":"e6","type":"chat.bogus","ts":{ts},"shop":"s1"}}]"#,
+            ts + 10_000
+        ),
+        // Sent again a day later: a duplicate, which moves no clock.
+        reply("e2", ts + 86_400_000, "s1", "c1", "u1", "a1"),
     ];
-    std::fs::write(&log, lines.join("\n")).unwrap();
+    let mut bytes = lines.join("\n").into_bytes();
+    // Bad UTF-8 in a field deskpulse does not read still refuses the event.
+    bytes.extend_from_slice(b"\n{\"id\":\"e7\",\"type\":\"conversation.close\",\"ts\":1,\"shop\":\"s1\",\"conversation\":\"c1\",\"note\":\"\xff\"}\n");
+    std::fs::write(&log, bytes).unwrap();
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"))
             .arg("replay")
@@ -818,9 +828,17 @@ async fn replay_prints_the_agents_skips_bad_lines_and_slices_by_shop() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 3"), "{stderr}");
     assert!(stderr.contains("line 5: event e9: field `ts`"), "{stderr}");
+    assert!(stderr.contains("line 7, item 1: event e6: field `type`"), "{stderr}");
+    assert!(
+        stderr.contains("line 9: event e7: field `note`: not valid UTF-8"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("5 accepted, 1 duplicates, 4 bad events"), "{stderr}");
     let all: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(all["now"], ts + 40_000);
     let a1 = &all["agents"]["a1"];
+    assert_eq!((&a1["now"], &a1["status"]), (&json!(ts + 40_000), &json!("away")));
+    assert_eq!(a1["open_conversations"], 2, "the close with bad bytes was refused");
     assert_eq!(
         (a1["responses"].as_u64(), a1["avg_response_ms"].as_f64()),
         (Some(2), Some(30_000.0))

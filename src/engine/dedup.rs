@@ -450,10 +450,18 @@ impl Lanes {
 
 impl Dedup {
     /// Records `fp` at event time `ts`; false if it was already there.
+    ///
+    /// Only a new `fp` moves the generations on: a duplicate stamped a day
+    /// or two later must not rotate out the very generation that holds it.
     pub fn insert(&mut self, fp: Fingerprint, ts: i64) -> bool {
-        self.rotate(ts);
         if self.previous.contains(fp) {
             return false;
+        }
+        if self.rotation_due(ts) {
+            if self.current.contains(fp) {
+                return false;
+            }
+            self.rotate(ts);
         }
         self.current.insert(fp)
     }
@@ -478,6 +486,11 @@ impl Dedup {
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether an id accepted at `ts` starts a new generation (or the first).
+    fn rotation_due(&self, ts: i64) -> bool {
+        self.current_since.is_none_or(|since| ts >= since + GENERATION_MS)
     }
 
     fn rotate(&mut self, ts: i64) {
@@ -517,6 +530,21 @@ mod tests {
         assert!(d.insert(fingerprint("s", "other"), GENERATION_MS));
         assert!(!d.insert(fp, GENERATION_MS + 1));
         assert!(!d.insert(fp, GENERATION_MS + GENERATION_MS / 2));
+    }
+
+    #[test]
+    fn a_duplicate_stamped_days_later_neither_rotates_nor_is_forgotten() {
+        let mut d = Dedup::default();
+        let fp = fingerprint("s", "e1");
+        assert!(d.insert(fp, 0));
+        // Two days on, a rotation would drop both generations, and with them
+        // the id being asked about.
+        assert!(!d.insert(fp, 2 * GENERATION_MS));
+        assert!(!d.insert(fp, 2 * GENERATION_MS + 1));
+        assert_eq!(d.current_since, Some(0));
+        // A new id does rotate, and the old one is still held a day more.
+        assert!(d.insert(fingerprint("s", "e2"), GENERATION_MS));
+        assert!(!d.insert(fp, GENERATION_MS + 1));
     }
 
     #[test]

@@ -1073,11 +1073,13 @@ impl Engine {
     }
 
     fn apply_keyed(&mut self, event: &Event, ahead: &Ahead) -> Applied {
-        if self.settings.clock == Clock::Event {
-            self.tick(event.ts);
-        }
+        // A duplicate changes nothing, the event clock included: `now` is
+        // the largest `ts` accepted, and a resent event may carry a later one.
         if !self.dedup.insert(ahead.dedup, event.ts) {
             return Applied::Duplicate;
+        }
+        if self.settings.clock == Clock::Event {
+            self.tick(event.ts);
         }
         self.applied += 1;
         self.max_ts = Some(self.max_ts.map_or(event.ts, |m| m.max(event.ts)));

@@ -619,6 +619,34 @@ fn a_repeated_shop_and_id_is_counted_once() {
 }
 
 #[test]
+fn a_duplicate_does_not_move_the_event_clock() {
+    let mut d = Desk::new();
+    let reply = Event {
+        id: "r".into(),
+        ts: T0 + 10 * S,
+        shop: "s1".into(),
+        kind: EventKind::AgentMessage {
+            conversation: "c1".into(),
+            customer: "u1".into(),
+            agent: "a1".into(),
+            auto: false,
+        },
+    };
+    d.customer(T0, "c1", "u1", Some("a1"));
+    assert_eq!(d.engine.apply(&reply), Applied::Accepted);
+    d.customer(T0 + 20 * S, "c2", "u2", Some("a1"));
+    // The same reply sent again a day later is acknowledged and changes
+    // nothing: not `now`, so neither `today` nor the live wait.
+    let mut resent = reply.clone();
+    resent.ts += 86_400_000;
+    assert_eq!(d.engine.apply(&resent), Applied::Duplicate);
+    assert_eq!(d.engine.now(), T0 + 20 * S);
+    let a1 = d.stats("a1", Window::Today);
+    assert_eq!((a1.metrics.responses, a1.metrics.customers), (1, 2));
+    assert_eq!((a1.live.waiting, a1.live.oldest_wait_ms), (1, 0));
+}
+
+#[test]
 fn totals_of_shops_and_agents_add_the_partials() {
     let mut d = Desk::new();
     d.customer_in("s1", T0, "c1", "u1", Some("a1"));
