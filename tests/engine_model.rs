@@ -52,6 +52,9 @@ enum Op {
         shop: u8,
         customer: u8,
         amount: u32,
+        /// How long before the current time the order was paid: the shop
+        /// may report a payment after more messages to the customer.
+        late: i64,
     },
     Repeat,
 }
@@ -70,7 +73,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (shop.clone(), conv.clone()).prop_map(|(shop, conv)| Op::Close { shop, conv }),
         1 => (shop.clone(), agent.clone(), 0u8..4).prop_map(|(shop, agent, status)| Op::Status { shop, agent, status }),
         1 => (shop.clone(), 0u8..6).prop_map(|(shop, customer)| Op::Flag { shop, customer }),
-        2 => (shop, 0u8..6, 0u32..100_000).prop_map(|(shop, customer, amount)| Op::Order { shop, customer, amount }),
+        2 => (shop, 0u8..6, 0u32..100_000, prop_oneof![3 => Just(0i64), 1 => 0i64..1_200_000])
+            .prop_map(|(shop, customer, amount, late)| Op::Order { shop, customer, amount, late }),
         1 => Just(Op::Repeat),
     ]
 }
@@ -180,6 +184,7 @@ fn events(ops: &[(Op, i64)]) -> Vec<Event> {
                 shop: s,
                 customer,
                 amount,
+                late: _,
             } => (
                 *s,
                 EventKind::OrderPaid {
@@ -189,9 +194,13 @@ fn events(ops: &[(Op, i64)]) -> Vec<Event> {
                 },
             ),
         };
+        let paid_before = match op {
+            Op::Order { late, .. } => *late,
+            _ => 0,
+        };
         out.push(Event {
             id: format!("e{i}").as_str().into(),
-            ts,
+            ts: ts - paid_before,
             shop: shop(s),
             kind,
         });

@@ -33,8 +33,15 @@ use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, 
 
 /// Orders are credited to an agent's message at most this long before, ms.
 pub const ATTRIBUTION_MS: i64 = 24 * 3_600_000;
-/// Agent messages remembered per customer for order attribution.
+/// Agent messages held inline per customer for order attribution.
 pub const RECENT_AGENT_MESSAGES: usize = 8;
+/// Agent messages held per customer beyond the inline ones, for a longer
+/// chat (a bound against a flood of messages to one customer).
+pub const OLDER_AGENT_MESSAGES: usize = 248;
+/// A message pushed out of the inline ring is kept while it is at most
+/// this much older than the newest: an order reported up to a day late
+/// still finds the agent who served its customer in the day before it.
+pub const OLDER_MESSAGES_MS: i64 = 2 * ATTRIBUTION_MS;
 /// A conversation with no event for this long, and no open wait, is
 /// forgotten, ms. One with an open wait is kept until it is closed or its
 /// customer flagged: a customer nobody answered is still waiting.
@@ -306,57 +313,76 @@ struct Customer {
     agent_messages: RecentMessages,
 }
 
-/// The latest [`RECENT_AGENT_MESSAGES`] non-auto agent messages to a
-/// customer, (agent, ts), held inline: no allocation and no extra cache
-/// miss on the hot path.
+/// The non-auto agent messages to a customer, (agent, ts), each one: the
+/// latest [`RECENT_AGENT_MESSAGES`] inline, in a ring (no allocation and
+/// no extra cache miss on the hot path), and those pushed out of it in
+/// `older`, allocated only for a customer with a longer chat.
 ///
-/// A streak of messages from one agent keeps only its first and its
-/// latest: the ones between could never be the only answer to an order
-/// (the first, same agent, answers for them, and it is kept within
-/// [`ATTRIBUTION_MS`] of the latest). So one agent chatting on cannot push
-/// the message before a late-reported order out of the ring; only eight
-/// changes of agent after it can.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+/// Every message is kept, not only each agent's first and latest of a
+/// streak: an order (or another agent's message) may arrive late, stamped
+/// inside a streak, and then the message of the streak just before it is
+/// the answer. What `older` drops: messages more than
+/// [`OLDER_MESSAGES_MS`] older than the newest, and past
+/// [`OLDER_AGENT_MESSAGES`] the middle of the first run of three from one
+/// agent (or else the oldest).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct RecentMessages {
     agents: [AgentIx; RECENT_AGENT_MESSAGES],
     ts: [i64; RECENT_AGENT_MESSAGES],
     len: u8,
     next: u8,
+    /// Messages pushed out of the ring, in the order they were pushed.
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer per customer, not a Vec's three: most never allocate it"
+    )]
+    older: Option<Box<Vec<(AgentIx, i64)>>>,
 }
 
 impl RecentMessages {
     fn push(&mut self, agent: AgentIx, ts: i64) {
-        let n = RECENT_AGENT_MESSAGES;
-        if self.len >= 2 {
-            let newest = (usize::from(self.next) + n - 1) % n;
-            let before = (newest + n - 1) % n;
-            // The message between the streak's first and this one is
-            // dropped: it is later than the first and earlier than this.
-            if self.agents[newest] == agent
-                && self.agents[before] == agent
-                && self.ts[before] <= self.ts[newest]
-                && self.ts[newest] <= ts
-                && ts - self.ts[before] <= ATTRIBUTION_MS
-            {
-                self.ts[newest] = ts;
-                return;
-            }
-        }
         let i = usize::from(self.next);
+        if usize::from(self.len) == RECENT_AGENT_MESSAGES {
+            self.push_older(self.agents[i], self.ts[i], ts);
+        }
         self.agents[i] = agent;
         self.ts[i] = ts;
         self.next = ((i + 1) % RECENT_AGENT_MESSAGES) as u8;
         self.len = (usize::from(self.len) + 1).min(RECENT_AGENT_MESSAGES) as u8;
     }
 
+    /// Keeps `(agent, at)`, pushed out of the ring by a message at `now`,
+    /// and drops what is too old or too many.
+    fn push_older(&mut self, agent: AgentIx, at: i64, now: i64) {
+        let older = self.older.get_or_insert_default();
+        let horizon = now.saturating_sub(OLDER_MESSAGES_MS);
+        older.retain(|&(_, t)| t >= horizon);
+        if at >= horizon {
+            if older.len() >= OLDER_AGENT_MESSAGES {
+                // A message between two of the same agent's, on both sides
+                // in time, answers only what its neighbours answer too.
+                let middle = (1..older.len() - 1).find(|&k| {
+                    let (p, m, n) = (older[k - 1], older[k], older[k + 1]);
+                    p.0 == m.0 && m.0 == n.0 && p.1 <= m.1 && m.1 <= n.1 && n.1 - p.1 <= ATTRIBUTION_MS
+                });
+                older.remove(middle.unwrap_or(0));
+            }
+            older.push((agent, at));
+        }
+        if older.is_empty() {
+            self.older = None;
+        }
+    }
+
     /// Oldest first.
     fn iter(&self) -> impl Iterator<Item = (AgentIx, i64)> + '_ {
         let n = RECENT_AGENT_MESSAGES;
         let start = (usize::from(self.next) + n - usize::from(self.len)) % n;
-        (0..usize::from(self.len)).map(move |k| {
+        let older = self.older.as_deref().map_or(&[][..], Vec::as_slice);
+        older.iter().copied().chain((0..usize::from(self.len)).map(move |k| {
             let i = (start + k) % n;
             (self.agents[i], self.ts[i])
-        })
+        }))
     }
 }
 

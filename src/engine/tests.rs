@@ -442,6 +442,73 @@ fn order_arriving_late_is_credited_however_long_the_agent_chatted_on() {
 }
 
 #[test]
+fn order_arriving_late_is_credited_however_many_agents_wrote_after_it() {
+    // Twelve changes of agent after the payment: more than the messages
+    // held inline, so the one before the payment is found among the older.
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.reply(T0 + S, "c1", "u1", "a1");
+    for k in 0..12 {
+        let agent = ["a2", "a3"][k as usize % 2];
+        d.reply(T0 + (10 + k) * S, "c1", "u1", agent);
+    }
+    d.order(T0 + 5 * S, "u1", 800);
+    assert_eq!((d.today("a1").orders, d.today("a1").sales_fen), (1, 800));
+    assert_eq!(d.today("a2").orders + d.today("a3").orders, 0);
+}
+
+#[test]
+fn order_stamped_inside_a_streak_goes_to_the_streak_after_another_agents_late_message() {
+    // a1 writes at 100, 200 and 300 s; a message a2 wrote at 150 s arrives
+    // after them (another conversation of the same customer), then an
+    // order paid at 250 s: a1's message at 200 s is the last before it.
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    for k in [100, 200, 300] {
+        d.reply(T0 + k * S, "c1", "u1", "a1");
+    }
+    d.customer(T0 + 120 * S, "c2", "u1", Some("a2"));
+    d.reply(T0 + 150 * S, "c2", "u1", "a2");
+    d.order(T0 + 250 * S, "u1", 600);
+    assert_eq!(d.today("a1").orders, 1);
+    assert_eq!(d.today("a2").orders, 0);
+    // Paid at 170 s: a2's message is the last before it.
+    d.order(T0 + 170 * S, "u1", 50);
+    assert_eq!(d.today("a2").orders, 1);
+}
+
+#[test]
+fn agent_messages_beyond_the_inline_ones_are_bounded_by_age_and_count() {
+    use super::{OLDER_AGENT_MESSAGES, OLDER_MESSAGES_MS, RECENT_AGENT_MESSAGES, RecentMessages};
+    let mut m = RecentMessages::default();
+    // One agent writing 400 times a second apart: the first stays (it
+    // answers every order up to the second), the middles of the run go.
+    for k in 0..400 {
+        m.push(1, k * 1000);
+    }
+    let held: Vec<i64> = m.iter().map(|(_, t)| t).collect();
+    assert_eq!(held.len(), RECENT_AGENT_MESSAGES + OLDER_AGENT_MESSAGES);
+    assert_eq!((held[0], held[held.len() - 1]), (0, 399_000));
+    // Two agents in turn: no run of three, so the oldest go.
+    let mut m = RecentMessages::default();
+    for k in 0..400 {
+        m.push(k as u32 % 2, k * 1000);
+    }
+    let held: Vec<i64> = m.iter().map(|(_, t)| t).collect();
+    assert_eq!(held.len(), RECENT_AGENT_MESSAGES + OLDER_AGENT_MESSAGES);
+    assert_eq!(held[0], (400 - held.len() as i64) * 1000);
+    // Pushed out more than 48 h after it was written: dropped, and with
+    // nothing older left, nothing stays allocated.
+    let mut m = RecentMessages::default();
+    m.push(1, 0);
+    for k in 0..RECENT_AGENT_MESSAGES as i64 {
+        m.push(2, OLDER_MESSAGES_MS + 1 + k);
+    }
+    assert!(m.older.is_none());
+    assert_eq!(m.iter().count(), RECENT_AGENT_MESSAGES);
+}
+
+#[test]
 fn a_streak_longer_than_a_day_still_credits_within_24h() {
     // One agent writes every 6 hours from 10:00 one day to 16:00 the next,
     // then at 17:30; an order paid at 17:00 is reported after that, 31 h
