@@ -62,6 +62,11 @@ async fn http_ingest_acks_after_durable_and_counts_duplicates() {
     assert_eq!(stats["responses"], 1);
     assert_eq!(stats["avg_response_ms"], 20_000.0);
     assert_eq!(stats["customers"], 1);
+    // A slice of a shop no event named is refused, not a slice of zeros.
+    let (status, body) = s.get("/v1/agents/a1/stats?window=today&shop=nosuch", None).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = s.get("/v1/agents/a1/stats?window=today&shop=s1", None).await;
+    assert_eq!(status, 200);
     let (_, shop) = s.get("/v1/shops/s1/stats", None).await;
     assert_eq!(shop["queued"], 1, "c3 waits unassigned: {shop}");
     // Both bodies are in the ingest latency histogram.

@@ -408,11 +408,23 @@ async fn agent_stats(
     {
         return Err(ApiError::forbidden(format!("shop `{s}` is outside your scope")));
     }
+    // A shop no event has named is most likely a typo: saying so beats a
+    // slice of zeros that looks like an idle agent.
+    let asked = shop.clone();
     let stats = app
         .node
-        .query(move |d| d.agent_stats(&agent, w, shop.as_ref(), &filter))
+        .query(move |d| {
+            let known = shop.as_ref().is_none_or(|s| d.shop_ids().contains(s));
+            known.then(|| d.agent_stats(&agent, w, shop.as_ref(), &filter))
+        })
         .await?;
-    Ok(axum::Json(stats).into_response())
+    match (stats, asked) {
+        (Some(stats), _) => Ok(axum::Json(stats).into_response()),
+        (None, shop) => Err(ApiError::not_found(format!(
+            "unknown shop `{}`",
+            shop.map(|s| s.to_string()).unwrap_or_default()
+        ))),
+    }
 }
 
 async fn list_agents(State(app): AppState, headers: HeaderMap, Query(q): Query<WindowQuery>) -> Result<Response> {
