@@ -490,6 +490,13 @@ async fn customer_waiting_alert_fires_within_a_second_with_no_new_event() {
             .0,
         403
     );
+    // A page of another site cannot make a supervisor's browser ack it.
+    let cookie = [
+        ("cookie", "deskpulse_token=sup-t1-token"),
+        ("origin", "http://evil.example"),
+    ];
+    let (status, body) = http(&s.addr, "POST", &format!("/v1/alerts/{id}/ack"), None, b"", &cookie).await;
+    assert_eq!(status, 403, "{body}");
     let (status, acked) = s.post(&format!("/v1/alerts/{id}/ack"), Some("sup-t1-token"), b"").await;
     assert_eq!(status, 200, "{acked}");
     let frame = wait_for(&mut sup, T, |v| v["type"] == "alert" && v["event"] == "acked")

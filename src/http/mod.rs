@@ -212,7 +212,8 @@ async fn reader(app: &App, headers: &HeaderMap) -> Result<(Principal, Scope)> {
     Ok((p, scope))
 }
 
-/// Browser WebSockets must come from our own page (or an allowed origin).
+/// Browser WebSockets and POSTs must come from our own page (or an
+/// allowed origin); a request without `Origin` is not from a browser page.
 fn check_origin(app: &App, headers: &HeaderMap) -> Result<()> {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
         return Ok(()); // not a browser
@@ -270,6 +271,7 @@ async fn post_events(
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    check_origin(&app, &headers)?;
     let p = authenticate(&app, &headers).await?;
     if auth_write(&p).is_none() {
         return Err(ApiError::forbidden(format!(
@@ -615,6 +617,9 @@ async fn list_alerts(State(app): AppState, headers: HeaderMap, Query(q): Query<A
 }
 
 async fn ack_alert(State(app): AppState, headers: HeaderMap, Path(id): Path<String>) -> Result<Response> {
+    // A browser's cookie rides along on a cross-site POST: only our own
+    // pages (or an allowed origin) may change state with it.
+    check_origin(&app, &headers)?;
     let (p, scope) = reader(&app, &headers).await?;
     if p.role == Role::Agent {
         return Err(ApiError::forbidden("agents cannot acknowledge alerts"));
