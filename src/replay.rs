@@ -121,7 +121,7 @@ fn parse_lines(mut reader: impl BufRead, wall: i64, tx: std::sync::mpsc::SyncSen
         for w in &batch.warnings {
             notes.push((format!("{}: event {}: {}", at(Some(w.index)), w.id, w.warning), false));
         }
-        let mut events = Vec::with_capacity(batch.events.len());
+        // Good events join the chunk; one stamped too far ahead is reported.
         for (i, e) in batch.events {
             let ahead = e.ts.saturating_sub(wall);
             if ahead > EVENT_CLOCK_MAX_AHEAD_MS {
@@ -132,7 +132,7 @@ fn parse_lines(mut reader: impl BufRead, wall: i64, tx: std::sync::mpsc::SyncSen
                 );
                 notes.push((note, true));
             } else {
-                events.push(e);
+                chunk.push(e);
             }
         }
         if !notes.is_empty() {
@@ -145,7 +145,6 @@ fn parse_lines(mut reader: impl BufRead, wall: i64, tx: std::sync::mpsc::SyncSen
                 }
             }
         }
-        chunk.extend(events);
         if chunk.len() >= CHUNK && !send(Parsed::Events(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))) {
             return Ok(());
         }

@@ -108,6 +108,26 @@ impl Table {
         }
     }
 
+    /// No slots yet, room for `size` without reallocating.
+    fn with_capacity(size: usize) -> Self {
+        Self {
+            keys: Vec::with_capacity(size),
+            los: Vec::with_capacity(size),
+        }
+    }
+
+    /// Grows the table by `n` empty slots at its end.
+    fn extend_empty(&mut self, n: usize) {
+        self.keys.extend(std::iter::repeat_n(0, n));
+        self.los.extend(std::iter::repeat_n(0, n));
+    }
+
+    /// Fills slot `i`.
+    fn set(&mut self, i: usize, key: u32, lo: u64) {
+        self.keys[i] = key;
+        self.los[i] = lo;
+    }
+
     fn len(&self) -> usize {
         self.keys.len()
     }
@@ -144,8 +164,7 @@ impl Table {
     /// Puts `(key, lo)`, known to be absent, into the table, which has room.
     fn place(&mut self, key: u32, lo: u64) {
         if let Err(i) = self.find(key, lo) {
-            self.keys[i] = key;
-            self.los[i] = lo;
+            self.set(i, key, lo);
         }
     }
 
@@ -261,8 +280,7 @@ impl FlatSet {
         if self.old_len > 0 && self.old.probe(key, lo) {
             return false;
         }
-        self.slots.keys[free] = key;
-        self.slots.los[free] = lo;
+        self.slots.set(free, key, lo);
         self.len += 1;
         true
     }
@@ -306,9 +324,7 @@ impl FlatSet {
     fn zero_some(&mut self, n: usize) {
         let missing = self.next_size - self.next.len();
         if missing > 0 {
-            let n = n.min(missing);
-            self.next.keys.extend(std::iter::repeat_n(0, n));
-            self.next.los.extend(std::iter::repeat_n(0, n));
+            self.next.extend_empty(n.min(missing));
         }
     }
 
@@ -329,10 +345,7 @@ impl FlatSet {
         if self.next_size == 0 && self.old.is_empty() && !self.slots.is_empty() {
             // Start zeroing the successor ahead of need.
             self.next_size = 2 * self.slots.len();
-            self.next = Table {
-                keys: Vec::with_capacity(self.next_size),
-                los: Vec::with_capacity(self.next_size),
-            };
+            self.next = Table::with_capacity(self.next_size);
         }
         if need * 10 <= self.slots.len() * Self::GROW_PAST {
             return;
@@ -345,8 +358,7 @@ impl FlatSet {
         }
         let mut table = std::mem::take(&mut self.next);
         if std::mem::take(&mut self.next_size) == size {
-            table.keys.resize(size, 0);
-            table.los.resize(size, 0);
+            table.extend_empty(size - table.len());
         } else {
             table = Table::zeroed(size);
         }
@@ -570,24 +582,21 @@ impl Dedup {
         self.current_since.is_none_or(|since| ts >= since + GENERATION_MS)
     }
 
+    /// Starts the generation of `ts`, when [`Dedup::rotation_due`].
     fn rotate(&mut self, ts: i64) {
-        match self.current_since {
-            None => self.current_since = Some(ts),
-            Some(since) if ts >= since + GENERATION_MS => {
-                // The new generation starts at the size the last one
-                // reached, so a steady desk never grows it through rehashes.
-                let mut fresh = FlatSet::default();
-                fresh.reserve(self.current.len());
-                self.current.settle();
-                self.previous = std::mem::replace(&mut self.current, fresh);
-                // Two generations back is gone; a long silence drops both.
-                if ts >= since + 2 * GENERATION_MS {
-                    self.previous = FlatSet::default();
-                }
-                self.current_since = Some(ts);
+        if let Some(since) = self.current_since {
+            // The new generation starts at the size the last one reached,
+            // so a steady desk never grows it through rehashes.
+            let mut fresh = FlatSet::default();
+            fresh.reserve(self.current.len());
+            self.current.settle();
+            self.previous = std::mem::replace(&mut self.current, fresh);
+            // Two generations back is gone; a long silence drops both.
+            if ts >= since + 2 * GENERATION_MS {
+                self.previous = FlatSet::default();
             }
-            Some(_) => {}
         }
+        self.current_since = Some(ts);
     }
 }
 

@@ -223,6 +223,11 @@ impl Desk {
         set.into_iter().collect()
     }
 
+    /// Whether an event has named `shop` (its own partition knows it).
+    pub fn has_shop(&self, shop: &ShopId) -> bool {
+        self.parts[partition_of(shop, self.parts.len())].has_shop(shop)
+    }
+
     /// Shops an agent has state in.
     pub fn shops_of(&self, agent: &AgentId) -> Vec<ShopId> {
         let set: BTreeSet<ShopId> = self.parts.iter().flat_map(|p| p.shops_of(agent)).collect();

@@ -1733,6 +1733,11 @@ impl Engine {
         Range::of(window, self.now, self.today())
     }
 
+    /// Whether an event has named shop `id`.
+    pub fn has_shop(&self, id: &ShopId) -> bool {
+        self.shop(id).is_some()
+    }
+
     fn shop(&self, id: &ShopId) -> Option<&Shop> {
         self.shop_ix.get(&id_key(id.as_str())).map(|&s| &self.shops[s as usize])
     }

@@ -412,20 +412,17 @@ async fn agent_stats(
     }
     // A shop no event has named is most likely a typo: saying so beats a
     // slice of zeros that looks like an idle agent.
-    let asked = shop.clone();
+    let asked = q.shop.unwrap_or_default();
     let stats = app
         .node
         .query(move |d| {
-            let known = shop.as_ref().is_none_or(|s| d.shop_ids().contains(s));
+            let known = shop.as_ref().is_none_or(|s| d.has_shop(s));
             known.then(|| d.agent_stats(&agent, w, shop.as_ref(), &filter))
         })
         .await?;
-    match (stats, asked) {
-        (Some(stats), _) => Ok(axum::Json(stats).into_response()),
-        (None, shop) => Err(ApiError::not_found(format!(
-            "unknown shop `{}`",
-            shop.map(|s| s.to_string()).unwrap_or_default()
-        ))),
+    match stats {
+        Some(stats) => Ok(axum::Json(stats).into_response()),
+        None => Err(ApiError::not_found(format!("unknown shop `{asked}`"))),
     }
 }
 
