@@ -9,6 +9,7 @@ mod deadlines;
 pub mod dedup;
 pub mod desk;
 mod index;
+mod seen;
 mod slab;
 pub mod window;
 
@@ -28,6 +29,7 @@ use day::{Calendar, Day};
 use deadlines::Deadlines;
 use dedup::{Dedup, Fingerprint, fingerprint, order_fingerprint};
 use index::IdIndex;
+use seen::Seen;
 use slab::Slab;
 use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
 
@@ -759,8 +761,13 @@ pub struct Engine {
     wait_deadlines: Deadlines,
     /// (deadline, shop, agent): re-check `slow_average` when a sample leaves the 15m window.
     slow_deadlines: Deadlines,
-    /// Partials whose waits changed during the current `apply`.
+    /// Partials whose waits changed during the current `apply`, each
+    /// listed once, in the order first touched. Always empty in a
+    /// snapshot (kept in the format, which predates `seen`).
     touched: Vec<(ShopIx, AgentIx)>,
+    /// Which pairs `touched` lists.
+    #[serde(skip)]
+    seen: Seen,
     dirty_agents: Vec<AgentIx>,
     dirty_partials: Vec<(ShopIx, AgentIx)>,
     dirty_shop_list: Vec<ShopIx>,
@@ -944,6 +951,7 @@ impl Engine {
             wait_deadlines: Deadlines::default(),
             slow_deadlines: Deadlines::default(),
             touched: Vec::new(),
+            seen: Seen::default(),
             dirty_agents: Vec::new(),
             dirty_partials: Vec::new(),
             dirty_shop_list: Vec::new(),
@@ -1191,16 +1199,18 @@ impl Engine {
             return;
         }
         let mut touched = std::mem::take(&mut self.touched);
-        if touched.len() > 1 {
-            // In (shop, agent) order, compared as one word: a frame of a
-            // hundred events touches a hundred partials or more.
-            touched.sort_unstable_by_key(|&(s, a)| (u64::from(s) << 32) | u64::from(a));
-            touched.dedup();
-        }
+        self.seen.clear();
         for (s, a) in touched.drain(..) {
             self.check_waiting(s, a);
         }
         self.touched = touched;
+    }
+
+    /// Lists (shop `s`, agent `a`) for the next [`Engine::settle`], once.
+    fn touch(&mut self, s: ShopIx, a: AgentIx) {
+        if self.seen.insert((u64::from(s) << 32) | u64::from(a), &self.touched) {
+            self.touched.push((s, a));
+        }
     }
 
     /// Moves time forward to `now` (never back) and runs the time-driven
@@ -1374,7 +1384,7 @@ impl Engine {
         }
         if let Some(a) = assigned {
             self.mark(s, c, a, MarkTime::Counted, ts);
-            self.touched.push((s, a));
+            self.touch(s, a);
         }
     }
 
@@ -1401,7 +1411,7 @@ impl Engine {
             let ms = (ts - start).max(0) as u64;
             let slow = ms > p.thresholds.norm_ms;
             self.record(s, Some(a), MarkKind::Response { first, slow }, ms, ts);
-            self.touched.push((s, a));
+            self.touch(s, a);
             self.check_slow(s, a);
         }
     }
@@ -1465,9 +1475,9 @@ impl Engine {
         }
         if let Some(o) = old {
             self.mark_agent(o);
-            self.touched.push((s, o));
+            self.touch(s, o);
         }
-        self.touched.push((s, a));
+        self.touch(s, a);
     }
 
     /// Closes the conversation whose [`id_key`] is `key`, if open.
@@ -1495,7 +1505,7 @@ impl Engine {
                     p.waits.remove(start);
                 }
                 self.mark_agent(a);
-                self.touched.push((s, a));
+                self.touch(s, a);
             }
             None => {
                 if let Some(start) = c.wait_start {
@@ -1540,7 +1550,7 @@ impl Engine {
             .collect();
         for a in changed {
             self.mark_agent(a);
-            self.touched.push((s, a));
+            self.touch(s, a);
         }
         for a in counted {
             self.mark_agent(a);
