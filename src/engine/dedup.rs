@@ -1,4 +1,4 @@
-//! Duplicate detection of `(shop, id)`: 128-bit fingerprints (96 bits of
+//! Duplicate detection of `(shop, id)`: 128-bit fingerprints (64 bits of
 //! each kept) in two generations that rotate every 24 h of event time, so
 //! an id is recognized for at least 24 h and at most 48 h after it was
 //! last accepted.
@@ -76,126 +76,108 @@ impl Serialize for Generation<'_> {
     }
 }
 
-/// What a set keeps of a fingerprint: its top 32 bits (`key`, never 0: 0
-/// marks an empty slot, so a top of 0 is kept as 1) and its low 64 bits.
-/// 96 of the 128 bits: a new id is taken for a held one only if both
-/// parts match one of the few ids its probe passes, about one chance in
-/// 2^90 per event on a desk holding 100 M ids.
-fn split(fp: Fingerprint) -> (u32, u64) {
-    (((fp >> 96) as u32).max(1), fp as u64)
+/// What a set keeps of a fingerprint, in one word: its top 32 bits
+/// (never 0, so that no kept word is 0, the mark of an empty slot: a top
+/// of 0 is kept as 1) above its low 32 bits. A new id is taken for a held
+/// one only if all 64 match one of the ids its probe passes: at most ~13
+/// of them at 8/10 full, so about one chance in 10^18 per event, or one
+/// wrongly dropped event in a million years at a billion events a day.
+fn split(fp: Fingerprint) -> u64 {
+    (u64::from(((fp >> 96) as u32).max(1)) << 32) | u64::from(fp as u32)
 }
 
-/// The fingerprint a set's parts stand for (bits 64..96 zero): what a
-/// snapshot stores, and what [`split`] turns back into the same parts.
-fn join(key: u32, lo: u64) -> Fingerprint {
-    (u128::from(key) << 96) | u128::from(lo)
+/// The fingerprint a kept word stands for (bits 32..96 zero): what a
+/// snapshot stores, and what [`split`] turns back into the same word.
+fn join(word: u64) -> Fingerprint {
+    (u128::from(word >> 32) << 96) | u128::from(word as u32)
 }
 
-/// One open-addressing table: the keys, probed, in an array of their own
-/// (sixteen to a cache line), and the low halves, read only when a key
-/// matches. A new id, most of what is looked up, probes the keys alone.
+/// One open-addressing table of kept words ([`split`]), eight to a cache
+/// line; 0 is an empty slot.
 #[derive(Debug, Clone, Default)]
 struct Table {
-    keys: Vec<u32>,
-    los: Vec<u64>,
+    words: Vec<u64>,
 }
 
 impl Table {
     fn zeroed(size: usize) -> Self {
-        Self {
-            keys: vec![0; size],
-            los: vec![0; size],
-        }
+        Self { words: vec![0; size] }
     }
 
     /// No slots yet, room for `size` without reallocating.
     fn with_capacity(size: usize) -> Self {
         Self {
-            keys: Vec::with_capacity(size),
-            los: Vec::with_capacity(size),
+            words: Vec::with_capacity(size),
         }
     }
 
     /// Grows the table by `n` empty slots at its end.
     fn extend_empty(&mut self, n: usize) {
-        self.keys.extend(std::iter::repeat_n(0, n));
-        self.los.extend(std::iter::repeat_n(0, n));
-    }
-
-    /// Fills slot `i`.
-    fn set(&mut self, i: usize, key: u32, lo: u64) {
-        self.keys[i] = key;
-        self.los[i] = lo;
+        self.words.extend(std::iter::repeat_n(0, n));
     }
 
     fn len(&self) -> usize {
-        self.keys.len()
+        self.words.len()
     }
 
     fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.words.is_empty()
     }
 
-    /// The home slot of `key` in a table of `size` slots: its low bits
-    /// (fingerprints are uniform).
-    fn home(key: u32, size: usize) -> usize {
-        key as usize & (size - 1)
+    /// The home slot of `word` in a table of `size` slots: the low bits of
+    /// its top half (fingerprints are uniform).
+    fn home(word: u64, size: usize) -> usize {
+        (word >> 32) as usize & (size - 1)
     }
 
-    /// Where `(key, lo)` is (`Ok`), or the empty slot where it would go
+    /// Where `word` is (`Ok`), or the empty slot where it would go
     /// (`Err`); the table is not empty and never full.
-    fn find(&self, key: u32, lo: u64) -> Result<usize, usize> {
-        let mask = self.keys.len() - 1;
-        let mut i = Self::home(key, self.keys.len());
+    fn find(&self, word: u64) -> Result<usize, usize> {
+        let mask = self.words.len() - 1;
+        let mut i = Self::home(word, self.words.len());
         loop {
-            match self.keys[i] {
+            match self.words[i] {
                 0 => return Err(i),
-                k if k == key && self.los[i] == lo => return Ok(i),
+                w if w == word => return Ok(i),
                 _ => i = (i + 1) & mask,
             }
         }
     }
 
-    /// Whether the table holds `(key, lo)`.
-    fn probe(&self, key: u32, lo: u64) -> bool {
-        !self.is_empty() && self.find(key, lo).is_ok()
+    /// Whether the table holds `word`.
+    fn probe(&self, word: u64) -> bool {
+        !self.is_empty() && self.find(word).is_ok()
     }
 
-    /// Puts `(key, lo)`, known to be absent, into the table, which has room.
-    fn place(&mut self, key: u32, lo: u64) {
-        if let Err(i) = self.find(key, lo) {
-            self.set(i, key, lo);
+    /// Puts `word`, known to be absent, into the table, which has room.
+    fn place(&mut self, word: u64) {
+        if let Err(i) = self.find(word) {
+            self.words[i] = word;
         }
     }
 
     /// The held entries of slots `from..`, as fingerprints.
     fn entries(&self, from: usize) -> impl Iterator<Item = Fingerprint> + '_ {
-        let from = from.min(self.keys.len());
-        self.keys[from..]
-            .iter()
-            .zip(&self.los[from..])
-            .filter(|&(&k, _)| k != 0)
-            .map(|(&k, &lo)| join(k, lo))
+        let from = from.min(self.words.len());
+        self.words[from..].iter().filter(|&&w| w != 0).map(|&w| join(w))
     }
 
-    /// Asks the CPU to fetch the lines a probe from `key`'s home starts on;
-    /// `write`: for a store.
-    fn prefetch_home(&self, key: u32, write: bool) {
+    /// Asks the CPU to fetch the line a probe from `word`'s home starts
+    /// on; `write`: for a store.
+    fn prefetch_home(&self, word: u64, write: bool) {
         if self.is_empty() {
             return;
         }
-        let i = Self::home(key, self.keys.len());
+        let slot = &self.words[Self::home(word, self.words.len())];
         if write {
-            mem_prefetch::prefetch_write_data::<_, 3>(&self.keys[i]);
-            mem_prefetch::prefetch_write_data::<_, 3>(&self.los[i]);
+            mem_prefetch::prefetch_write_data::<_, 3>(slot);
         } else {
-            mem_prefetch::prefetch_read_data::<_, 3>(&self.keys[i]);
-            mem_prefetch::prefetch_read_data::<_, 3>(&self.los[i]);
+            mem_prefetch::prefetch_read_data::<_, 3>(slot);
         }
     }
 }
 
-/// An insert-only set of fingerprints (96 bits of each, [`split`]):
+/// An insert-only set of fingerprints (64 bits of each, [`split`]):
 /// linear probing in power-of-two tables kept at most 8/10 full.
 ///
 /// Growing never stops the caller for long: the full table is kept as
@@ -209,9 +191,9 @@ impl Table {
 /// for tens of milliseconds, and acks with them.
 ///
 /// Fresh memory is the set's main cost (the kernel zeroes each new page,
-/// ~2 ns a byte in the VMs this runs on), hence 12-byte slots and a load
-/// up to 8/10: a desk's growth touches ~30 bytes per id, where 16-byte
-/// slots to 7/10 touched ~46.
+/// ~2 ns a byte in the VMs this runs on), hence 8-byte slots and a load
+/// up to 8/10: a desk's growth touches ~20 bytes per id, where 12-byte
+/// slots touched ~30 and 16-byte slots to 7/10 ~46.
 #[derive(Debug, Clone, Default)]
 struct FlatSet {
     slots: Table,
@@ -261,26 +243,26 @@ impl FlatSet {
     }
 
     fn contains(&self, fp: Fingerprint) -> bool {
-        let (key, lo) = split(fp);
-        self.slots.probe(key, lo) || (self.old_len > 0 && self.old.probe(key, lo))
+        let word = split(fp);
+        self.slots.probe(word) || (self.old_len > 0 && self.old.probe(word))
     }
 
     /// Adds `fp`; false if it was already there.
     fn insert(&mut self, fp: Fingerprint) -> bool {
-        let (key, lo) = split(fp);
+        let word = split(fp);
         // Growth first, so the one probe of `slots` below also finds the
         // slot to fill: a move into `slots` after it could take that slot.
         // Doing this work for a duplicate only brings it forward.
         self.move_some(Self::MOVE_PER_INSERT);
         self.zero_some(Self::ZERO_PER_INSERT);
         self.reserve(1);
-        let Err(free) = self.slots.find(key, lo) else {
+        let Err(free) = self.slots.find(word) else {
             return false;
         };
-        if self.old_len > 0 && self.old.probe(key, lo) {
+        if self.old_len > 0 && self.old.probe(word) {
             return false;
         }
-        self.slots.set(free, key, lo);
+        self.slots.words[free] = word;
         self.len += 1;
         true
     }
@@ -296,15 +278,15 @@ impl FlatSet {
             let chunk = at..(at + Self::MOVE_PER_INSERT).min(end);
             // Each lands in a random line of a table far larger than the
             // caches: ask for all of a chunk's lines before writing any.
-            for &key in &self.old.keys[chunk.clone()] {
-                if key != 0 {
-                    self.slots.prefetch_home(key, true);
+            for &word in &self.old.words[chunk.clone()] {
+                if word != 0 {
+                    self.slots.prefetch_home(word, true);
                 }
             }
             for i in chunk.clone() {
-                let key = self.old.keys[i];
-                if key != 0 {
-                    self.slots.place(key, self.old.los[i]);
+                let word = self.old.words[i];
+                if word != 0 {
+                    self.slots.place(word);
                     self.len += 1;
                     self.old_len -= 1;
                 }
@@ -378,9 +360,9 @@ impl FlatSet {
 
     /// Asks the CPU to fetch the lines `fp`'s probes start on.
     fn prefetch(&self, fp: Fingerprint) {
-        let (key, _) = split(fp);
-        self.slots.prefetch_home(key, false);
-        self.old.prefetch_home(key, false);
+        let word = split(fp);
+        self.slots.prefetch_home(word, false);
+        self.old.prefetch_home(word, false);
     }
 }
 
@@ -651,17 +633,16 @@ mod tests {
 
     /// What a set keeps of `fp`, as it lists it.
     fn kept(fp: Fingerprint) -> Fingerprint {
-        let (key, lo) = split(fp);
-        join(key, lo)
+        join(split(fp))
     }
 
     #[test]
-    fn a_set_keeps_96_bits_and_tells_apart_what_they_tell_apart() {
+    fn a_set_keeps_64_bits_and_tells_apart_what_they_tell_apart() {
         let fp = fingerprint("shop-a", "e1");
         let mut set = FlatSet::default();
         assert!(set.insert(fp));
-        // Bits 64..96 are not kept; every other bit is.
-        assert!(!set.insert(fp ^ (1 << 70)));
+        // Bits 32..96 are not kept; every other bit is.
+        assert!(!set.insert(fp ^ (1 << 70)) && !set.insert(fp ^ (1 << 40)));
         assert!(set.insert(fp ^ (1 << 3)) && set.insert(fp ^ (1 << 100)));
         // A top of 0 is kept as 1 (0 marks an empty slot): the two collide,
         // and the fingerprint 0 is held like any other.
@@ -730,10 +711,7 @@ mod tests {
         set.settle();
         assert!(set.old.is_empty(), "the move ended");
         assert_eq!(set.len(), n);
-        assert!(fps[..n].iter().all(|&fp| {
-            let (key, lo) = split(fp);
-            set.slots.probe(key, lo)
-        }));
+        assert!(fps[..n].iter().all(|&fp| set.slots.probe(split(fp))));
     }
 
     #[test]
