@@ -549,6 +549,15 @@ proptest! {
     }
 
     #[test]
+    fn the_wait_rule_runs_wherever_what_it_reads_changed(ops in ops()) {
+        let mut e = Engine::new(settings());
+        for (i, ev) in events(&ops).iter().enumerate() {
+            e.apply(ev);
+            prop_assert_eq!(e.recheck_waits(), 0, "after event {} ({:?})", i, ev.kind);
+        }
+    }
+
+    #[test]
     fn partitions_merge_to_the_same_totals(ops in ops(), split in 0u8..8) {
         let events = events(&ops);
         let whole = run_engine(&events);

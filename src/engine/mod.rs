@@ -1206,6 +1206,31 @@ impl Engine {
         self.touched = touched;
     }
 
+    /// Runs the wait rule on every partial, as though each had been
+    /// touched, and returns how many that changed (an alert raised,
+    /// escalated or resolved, or a deadline moved). The engine runs the
+    /// rule only where a wait started or ended, or a deadline came due; a
+    /// test calls this after each event to show that nothing else could
+    /// change what it reads (0 every time).
+    #[doc(hidden)]
+    pub fn recheck_waits(&mut self) -> usize {
+        let mut changed = 0;
+        for s in 0..self.shops.len() {
+            let s = s as ShopIx;
+            let agents: Vec<AgentIx> = self.shops[s as usize].partials.keys().copied().collect();
+            for a in agents {
+                let state = |e: &Self| {
+                    let p = &e.shops[s as usize].partials[&a];
+                    (p.waiting_alert, p.wait_deadline)
+                };
+                let before = state(self);
+                self.check_waiting(s, a);
+                changed += usize::from(state(self) != before);
+            }
+        }
+        changed
+    }
+
     /// Lists (shop `s`, agent `a`) for the next [`Engine::settle`], once.
     fn touch(&mut self, s: ShopIx, a: AgentIx) {
         if self.seen.insert((u64::from(s) << 32) | u64::from(a), &self.touched) {
@@ -1369,7 +1394,10 @@ impl Engine {
         let shop = &mut self.shops[s as usize];
         let conversation = &mut shop.conversations[c];
         let assigned = conversation.agent;
-        if conversation.wait_start.is_none() {
+        // Only a wait that starts changes what the wait rule reads: a
+        // customer writing again into a wait is judged from its start.
+        let starts = conversation.wait_start.is_none();
+        if starts {
             conversation.wait_start = Some(ts);
             match assigned {
                 None => shop.queue.add(ts),
@@ -1384,7 +1412,9 @@ impl Engine {
         }
         if let Some(a) = assigned {
             self.mark(s, c, a, MarkTime::Counted, ts);
-            self.touch(s, a);
+            if starts {
+                self.touch(s, a);
+            }
         }
     }
 
@@ -1475,9 +1505,14 @@ impl Engine {
         }
         if let Some(o) = old {
             self.mark_agent(o);
-            self.touch(s, o);
         }
-        self.touch(s, a);
+        // The wait rule reads waits only: without one, neither agent's moved.
+        if wait.is_some() {
+            if let Some(o) = old {
+                self.touch(s, o);
+            }
+            self.touch(s, a);
+        }
     }
 
     /// Closes the conversation whose [`id_key`] is `key`, if open.
@@ -1505,7 +1540,9 @@ impl Engine {
                     p.waits.remove(start);
                 }
                 self.mark_agent(a);
-                self.touch(s, a);
+                if c.wait_start.is_some() {
+                    self.touch(s, a);
+                }
             }
             None => {
                 if let Some(start) = c.wait_start {
