@@ -395,20 +395,25 @@ impl Samples {
                 slot.dist.record(mark.value);
             }
         }
+        // Marks nearly always come in time order: appended, not inserted.
         if let MarkKind::Response { .. } = mark.kind {
-            let at = match self.alert_window.back() {
-                Some(last) if last.0 > mark.ts => self.alert_window.partition_point(|m| m.0 <= mark.ts),
-                _ => self.alert_window.len(),
-            };
-            self.alert_window.insert(at, (mark.ts, mark.value));
+            match self.alert_window.back() {
+                Some(last) if last.0 > mark.ts => {
+                    let at = self.alert_window.partition_point(|m| m.0 <= mark.ts);
+                    self.alert_window.insert(at, (mark.ts, mark.value));
+                }
+                _ => self.alert_window.push_back((mark.ts, mark.value)),
+            }
             self.alert_window_sum += mark.value;
         }
         if mark.ts > now - HOUR_MS {
-            let at = match self.recent.back() {
-                Some(last) if last.ts > mark.ts => self.recent.partition_point(|m| m.ts <= mark.ts),
-                _ => self.recent.len(),
-            };
-            self.recent.insert(at, mark);
+            match self.recent.back() {
+                Some(last) if last.ts > mark.ts => {
+                    let at = self.recent.partition_point(|m| m.ts <= mark.ts);
+                    self.recent.insert(at, mark);
+                }
+                _ => self.recent.push_back(mark),
+            }
         }
         self.prune(now);
     }
