@@ -79,9 +79,10 @@ impl Serialize for Generation<'_> {
 /// What a set keeps of a fingerprint, in one word: its top 32 bits
 /// (never 0, so that no kept word is 0, the mark of an empty slot: a top
 /// of 0 is kept as 1) above its low 32 bits. A new id is taken for a held
-/// one only if all 64 match one of the ids its probe passes: at most ~13
-/// of them at 8/10 full, so about one chance in 10^18 per event, or one
-/// wrongly dropped event in a million years at a billion events a day.
+/// one only if all 64 match one of the ids its probe passes: ~13 of them
+/// on average at 8/10 full (½(1 + 1/(1 − 0.8)²) for an absent key), so
+/// about one chance in 10^18 per event and table searched, or one wrongly
+/// dropped event in a million years at a billion events a day.
 fn split(fp: Fingerprint) -> u64 {
     (u64::from(((fp >> 96) as u32).max(1)) << 32) | u64::from(fp as u32)
 }

@@ -61,9 +61,6 @@ impl Seen {
     fn grow(&mut self, listed: &[(u32, u32)]) {
         let len = ((listed.len() + 1) * 4).next_power_of_two().max(MIN_SLOTS);
         self.slots = vec![(0, 0); len];
-        if self.round == 0 {
-            self.round = 1;
-        }
         for &(s, a) in listed {
             self.place((u64::from(s) << 32) | u64::from(a));
         }
