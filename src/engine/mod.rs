@@ -1435,15 +1435,25 @@ impl Engine {
             (start, first)
         });
         self.mark(s, c, a, MarkTime::Replied, ts);
+        let Some((start, first)) = answered else {
+            return;
+        };
+        // Recorded here rather than through `record`: one lookup of the
+        // partial, not two.
+        let day = self.calendar.day_of(ts);
+        let now = self.now.max(ts);
         let p = self.partial(s, a);
-        if let Some((start, first)) = answered {
-            p.waits.remove(start);
-            let ms = (ts - start).max(0) as u64;
-            let slow = ms > p.thresholds.norm_ms;
-            self.record(s, Some(a), MarkKind::Response { first, slow }, ms, ts);
-            self.touch(s, a);
-            self.check_slow(s, a);
-        }
+        p.waits.remove(start);
+        let ms = (ts - start).max(0) as u64;
+        let slow = ms > p.thresholds.norm_ms;
+        let mark = Mark {
+            ts,
+            kind: MarkKind::Response { first, slow },
+            value: ms,
+        };
+        p.samples.record(mark, day, now);
+        self.touch(s, a);
+        self.check_slow(s, a);
     }
 
     /// Moves the `time` of the mark of (agent `a`, the customer of
