@@ -1233,7 +1233,7 @@ impl Engine {
 
     /// Lists (shop `s`, agent `a`) for the next [`Engine::settle`], once.
     fn touch(&mut self, s: ShopIx, a: AgentIx) {
-        if self.seen.insert((u64::from(s) << 32) | u64::from(a), &self.touched) {
+        if self.seen.insert((s, a), &self.touched) {
             self.touched.push((s, a));
         }
     }
@@ -1439,9 +1439,8 @@ impl Engine {
             return;
         };
         // Recorded here rather than through `record`: one lookup of the
-        // partial, not two.
-        let day = self.calendar.day_of(ts);
-        let now = self.now.max(ts);
+        // partial for both the wait and the sample.
+        let (day, now) = self.day_and_now(ts);
         let p = self.partial(s, a);
         p.waits.remove(start);
         let ms = (ts - start).max(0) as u64;
@@ -1628,13 +1627,18 @@ impl Engine {
 
     /// Records a mark for (agent, shop), or for the shop when `agent` is `None`.
     fn record(&mut self, s: ShopIx, agent: Option<AgentIx>, kind: MarkKind, value: u64, ts: i64) {
-        let day = self.calendar.day_of(ts);
-        let now = self.now.max(ts);
+        let (day, now) = self.day_and_now(ts);
         let mark = Mark { ts, kind, value };
         match agent {
             Some(a) => self.partial(s, a).samples.record(mark, day, now),
             None => self.shops[s as usize].samples.record(mark, day, now),
         }
+    }
+
+    /// The business day of a mark at `ts`, and the `now` that prunes the
+    /// rolling windows as it is recorded.
+    fn day_and_now(&mut self, ts: i64) -> (Day, i64) {
+        (self.calendar.day_of(ts), self.now.max(ts))
     }
 
     /// Re-evaluates `customer_waiting` for (shop, agent) and schedules the next check.

@@ -1,5 +1,5 @@
-//! A set of `u64` keys emptied in one step: which (shop, agent) pairs the
-//! engine has already listed for its next `settle`.
+//! A set of `(u32, u32)` pairs emptied in one step: which (shop, agent)
+//! pairs the engine has already listed for its next `settle`.
 //!
 //! A frame of a hundred events touches a few hundred partials, many of
 //! them twice. Sorting the list to drop repeats cost about 100 instructions
@@ -19,9 +19,9 @@ pub struct Seen {
 const MIN_SLOTS: usize = 64;
 
 impl Seen {
-    /// Adds `key`; true if it was not in the set. `listed` holds the keys
-    /// added this round (as pairs), to refill a table that grows.
-    pub fn insert(&mut self, key: u64, listed: &[(u32, u32)]) -> bool {
+    /// Adds `pair`; true if it was not in the set. `listed` holds the
+    /// pairs added this round, to refill a table that grows.
+    pub fn insert(&mut self, pair: (u32, u32), listed: &[(u32, u32)]) -> bool {
         if self.round == 0 {
             self.round = 1;
         }
@@ -29,7 +29,7 @@ impl Seen {
         if (listed.len() + 1) * 2 > self.slots.len() {
             self.grow(listed);
         }
-        self.place(key)
+        self.place(key(pair))
     }
 
     /// Empties the set.
@@ -61,10 +61,15 @@ impl Seen {
     fn grow(&mut self, listed: &[(u32, u32)]) {
         let len = ((listed.len() + 1) * 4).next_power_of_two().max(MIN_SLOTS);
         self.slots = vec![(0, 0); len];
-        for &(s, a) in listed {
-            self.place((u64::from(s) << 32) | u64::from(a));
+        for &pair in listed {
+            self.place(key(pair));
         }
     }
+}
+
+/// A pair as one word, the first above the second.
+fn key((s, a): (u32, u32)) -> u64 {
+    (u64::from(s) << 32) | u64::from(a)
 }
 
 /// The slot a key starts probing from: the top bits of a multiplicative
@@ -77,10 +82,6 @@ fn home(key: u64, mask: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn key((s, a): (u32, u32)) -> u64 {
-        (u64::from(s) << 32) | u64::from(a)
-    }
-
     #[test]
     fn a_key_is_new_once_per_round() {
         let mut seen = Seen::default();
@@ -89,10 +90,10 @@ mod tests {
             // Enough keys to grow the table twice in the first round.
             for i in 0..300u32 {
                 let pair = (i % 7, i / 7 + round);
-                if seen.insert(key(pair), &listed) {
+                if seen.insert(pair, &listed) {
                     listed.push(pair);
                 }
-                assert!(!seen.insert(key(pair), &listed), "{pair:?} listed twice");
+                assert!(!seen.insert(pair, &listed), "{pair:?} listed twice");
             }
             let mut unique = listed.clone();
             unique.sort_unstable();
@@ -107,25 +108,25 @@ mod tests {
     #[test]
     fn clearing_forgets_every_key() {
         let mut seen = Seen::default();
-        assert!(seen.insert(5, &[]));
-        assert!(!seen.insert(5, &[(0, 5)]));
+        assert!(seen.insert((0, 5), &[]));
+        assert!(!seen.insert((0, 5), &[(0, 5)]));
         seen.clear();
-        assert!(seen.insert(5, &[]));
+        assert!(seen.insert((0, 5), &[]));
     }
 
     #[test]
     fn the_round_counter_wrapping_empties_the_table() {
         let mut seen = Seen::default();
-        assert!(seen.insert(9, &[]));
+        assert!(seen.insert((0, 9), &[]));
         seen.round = u32::MAX;
         assert!(
-            seen.insert(9, &[(0, 9)]),
+            seen.insert((0, 9), &[(0, 9)]),
             "a slot of round 1 is not current in round u32::MAX"
         );
         seen.clear();
         assert_eq!(seen.round, 1);
         assert!(
-            seen.insert(9, &[]),
+            seen.insert((0, 9), &[]),
             "slots of round 1 were wiped when the counter wrapped"
         );
     }

@@ -395,25 +395,12 @@ impl Samples {
                 slot.dist.record(mark.value);
             }
         }
-        // Marks nearly always come in time order: appended, not inserted.
         if let MarkKind::Response { .. } = mark.kind {
-            match self.alert_window.back() {
-                Some(last) if last.0 > mark.ts => {
-                    let at = self.alert_window.partition_point(|m| m.0 <= mark.ts);
-                    self.alert_window.insert(at, (mark.ts, mark.value));
-                }
-                _ => self.alert_window.push_back((mark.ts, mark.value)),
-            }
+            insert_in_order(&mut self.alert_window, (mark.ts, mark.value), |w| w.0);
             self.alert_window_sum += mark.value;
         }
         if mark.ts > now - HOUR_MS {
-            match self.recent.back() {
-                Some(last) if last.ts > mark.ts => {
-                    let at = self.recent.partition_point(|m| m.ts <= mark.ts);
-                    self.recent.insert(at, mark);
-                }
-                _ => self.recent.push_back(mark),
-            }
+            insert_in_order(&mut self.recent, mark, |m| m.ts);
         }
         self.prune(now);
     }
@@ -503,6 +490,20 @@ impl Samples {
     /// The day slots, for snapshots.
     pub fn days(&self) -> &[DaySlot; 2] {
         &self.days
+    }
+}
+
+/// Puts `item` into `queue`, kept sorted by `ts`, after those with the
+/// same time. Marks nearly always come in time order: appended, not
+/// inserted.
+fn insert_in_order<T>(queue: &mut VecDeque<T>, item: T, ts: impl Fn(&T) -> i64) {
+    let t = ts(&item);
+    match queue.back() {
+        Some(last) if ts(last) > t => {
+            let at = queue.partition_point(|m| ts(m) <= t);
+            queue.insert(at, item);
+        }
+        _ => queue.push_back(item),
     }
 }
 
