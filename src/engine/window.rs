@@ -380,9 +380,9 @@ pub struct DaySlot {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Samples {
     days: [DaySlot; 2],
-    recent: VecDeque<Mark>,
+    recent: TimeQueue<Mark>,
     /// Response samples `(ts, ms)` of the alert window, sorted, with their sum.
-    alert_window: VecDeque<(i64, u64)>,
+    alert_window: TimeQueue<(i64, u64)>,
     alert_window_sum: u64,
 }
 
@@ -396,11 +396,11 @@ impl Samples {
             }
         }
         if let MarkKind::Response { .. } = mark.kind {
-            insert_in_order(&mut self.alert_window, (mark.ts, mark.value), |w| w.0);
+            self.alert_window.insert((mark.ts, mark.value));
             self.alert_window_sum += mark.value;
         }
         if mark.ts > now - HOUR_MS {
-            insert_in_order(&mut self.recent, mark, |m| m.ts);
+            self.recent.insert(mark);
         }
         self.prune(now);
     }
@@ -422,9 +422,7 @@ impl Samples {
 
     /// Drops rolling marks older than an hour before `now`.
     pub fn prune(&mut self, now: i64) {
-        while self.recent.front().is_some_and(|m| m.ts <= now - HOUR_MS) {
-            self.recent.pop_front();
-        }
+        while self.recent.pop_before(now - HOUR_MS + 1).is_some() {}
     }
 
     /// Adds this store's part of `window` at `now` into `acc`.
@@ -437,8 +435,8 @@ impl Samples {
                 }
             }
             _ => {
-                let from = self.recent.partition_point(|m| m.ts < range.lo);
-                for mark in self.recent.range(from..) {
+                let from = self.recent.items.partition_point(|m| m.ts < range.lo);
+                for mark in self.recent.items.range(from..) {
                     acc.tally.add(mark);
                     if let MarkKind::Response { .. } = mark.kind {
                         acc.dist.record(mark.value);
@@ -451,25 +449,21 @@ impl Samples {
     /// Count, sum (ms) and oldest `ts` of response samples with `ts >= lo`,
     /// forgetting older ones: `lo` must never decrease between calls.
     pub fn responses_since(&mut self, lo: i64) -> (u64, u64, Option<i64>) {
-        while let Some(&(ts, v)) = self.alert_window.front() {
-            if ts >= lo {
-                break;
-            }
-            self.alert_window.pop_front();
-            self.alert_window_sum -= v;
+        while let Some((_, ms)) = self.alert_window.pop_before(lo) {
+            self.alert_window_sum -= ms;
         }
-        let oldest = self.alert_window.front().map(|m| m.0);
-        (self.alert_window.len() as u64, self.alert_window_sum, oldest)
+        let oldest = self.alert_window.items.front().map(|m| m.0);
+        (self.alert_window.items.len() as u64, self.alert_window_sum, oldest)
     }
 
     /// Time of the latest rolling mark, if any.
     pub fn latest_ts(&self) -> Option<i64> {
-        self.recent.back().map(|m| m.ts)
+        self.recent.items.back().map(|m| m.ts)
     }
 
     /// Rolling marks, oldest first.
     pub fn recent(&self) -> impl Iterator<Item = &Mark> {
-        self.recent.iter()
+        self.recent.items.iter()
     }
 
     /// Response distribution of the day starting at `day_start`.
@@ -482,8 +476,8 @@ impl Samples {
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.recent.capacity() * std::mem::size_of::<Mark>()
-            + self.alert_window.capacity() * 16
+        self.recent.items.capacity() * std::mem::size_of::<Mark>()
+            + self.alert_window.items.capacity() * 16
             + self.days.iter().map(|d| d.dist.heap_bytes()).sum::<usize>()
     }
 
@@ -493,17 +487,95 @@ impl Samples {
     }
 }
 
-/// Puts `item` into `queue`, kept sorted by `ts`, after those with the
-/// same time. Marks nearly always come in time order: appended, not
-/// inserted.
-fn insert_in_order<T>(queue: &mut VecDeque<T>, item: T, ts: impl Fn(&T) -> i64) {
-    let t = ts(&item);
-    match queue.back() {
-        Some(last) if ts(last) > t => {
-            let at = queue.partition_point(|m| ts(m) <= t);
-            queue.insert(at, item);
+/// Something with an event time.
+trait Timed {
+    fn ts(&self) -> i64;
+}
+
+impl Timed for Mark {
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+}
+
+impl Timed for (i64, u64) {
+    fn ts(&self) -> i64 {
+        self.0
+    }
+}
+
+/// A queue kept sorted by time (equal times in arrival order), with the
+/// time of its front and an upper bound of its times held beside it. A
+/// record then knows where its mark goes and whether the front has
+/// expired without reading the queue's own memory: on a busy desk the
+/// queue's ends are a cache miss each, its header shares the partial's
+/// lines.
+///
+/// Stored as the plain queue; both times are recomputed on load.
+#[derive(Debug, Clone)]
+struct TimeQueue<T> {
+    items: VecDeque<T>,
+    /// `ts` of the front (`i64::MAX` when empty).
+    oldest: i64,
+    /// At least every held `ts`: the largest ever put (`i64::MIN` before).
+    newest: i64,
+}
+
+impl<T> Default for TimeQueue<T> {
+    fn default() -> Self {
+        Self {
+            items: VecDeque::new(),
+            oldest: i64::MAX,
+            newest: i64::MIN,
         }
-        _ => queue.push_back(item),
+    }
+}
+
+impl<T: Timed> TimeQueue<T> {
+    /// Puts `item` after every item with a time at or before its own.
+    /// Marks nearly always come in time order: appended, not inserted.
+    fn insert(&mut self, item: T) {
+        let t = item.ts();
+        self.oldest = self.oldest.min(t);
+        if t >= self.newest {
+            self.newest = t;
+            self.items.push_back(item);
+        } else {
+            let at = self.items.partition_point(|m| m.ts() <= t);
+            self.items.insert(at, item);
+        }
+    }
+
+    /// Takes the front item if its time is before `lo`.
+    fn pop_before(&mut self, lo: i64) -> Option<T> {
+        if self.oldest >= lo {
+            return None;
+        }
+        let item = self.items.pop_front();
+        self.oldest = self.items.front().map_or(i64::MAX, Timed::ts);
+        item
+    }
+}
+
+impl<T: Timed> From<VecDeque<T>> for TimeQueue<T> {
+    fn from(items: VecDeque<T>) -> Self {
+        Self {
+            oldest: items.front().map_or(i64::MAX, Timed::ts),
+            newest: items.back().map_or(i64::MIN, Timed::ts),
+            items,
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for TimeQueue<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.items.serialize(serializer)
+    }
+}
+
+impl<'de, T: Timed + Deserialize<'de>> Deserialize<'de> for TimeQueue<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        VecDeque::deserialize(deserializer).map(Self::from)
     }
 }
 
@@ -610,6 +682,49 @@ pub struct WindowMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn times(q: &TimeQueue<(i64, u64)>) -> Vec<i64> {
+        q.items.iter().map(|m| m.0).collect()
+    }
+
+    #[test]
+    fn a_time_queue_stays_sorted_and_its_held_times_follow_it() {
+        let mut q = TimeQueue::default();
+        assert_eq!(q.pop_before(i64::MAX), None);
+        // In order, late, tied and early: ties keep arrival order.
+        for (ts, v) in [(10, 0), (30, 1), (20, 2), (30, 3), (5, 4)] {
+            q.insert((ts, v));
+        }
+        assert_eq!(times(&q), [5, 10, 20, 30, 30]);
+        assert_eq!(q.items.iter().map(|m| m.1).collect::<Vec<_>>(), [4, 0, 2, 1, 3]);
+        assert_eq!((q.oldest, q.newest), (5, 30));
+        assert_eq!(q.pop_before(5), None);
+        assert_eq!(q.pop_before(11), Some((5, 4)));
+        assert_eq!(q.pop_before(11), Some((10, 0)));
+        assert_eq!(q.pop_before(11), None);
+        assert_eq!(q.oldest, 20);
+        // Emptied, it takes any time again, earlier ones included.
+        while q.pop_before(i64::MAX).is_some() {}
+        assert_eq!(q.oldest, i64::MAX);
+        q.insert((1, 5));
+        q.insert((2, 6));
+        assert_eq!(times(&q), [1, 2]);
+        assert_eq!(q.oldest, 1);
+    }
+
+    #[test]
+    fn a_stored_time_queue_is_the_plain_queue_and_loads_its_times_back() {
+        let mut q = TimeQueue::default();
+        for ts in [7, 3, 9] {
+            q.insert((ts, 0u64));
+        }
+        let bytes = postcard::to_stdvec(&q).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&q.items).unwrap());
+        let mut back: TimeQueue<(i64, u64)> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!((back.oldest, back.newest), (3, 9));
+        back.insert((8, 1));
+        assert_eq!(times(&back), [3, 7, 8, 9]);
+    }
 
     #[test]
     fn nearest_rank_percentiles_exact_while_small() {
