@@ -195,11 +195,42 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// Prints how fast this host hands out fresh memory, which sets much of
+/// what a growing engine costs: the kernel zeroes each new page, and in
+/// the VMs this runs on that has cost anywhere from 0.1 to 2.7 ns a byte,
+/// hour by hour, as the host backs the guest's pages or does not. Taken
+/// in a child process, so the memory is not reused by what follows.
+fn report_fresh_memory(when: &str) {
+    let exe = std::env::current_exe().expect("bench binary path");
+    let out = std::process::Command::new(&exe)
+        .arg("fresh-memory-child")
+        .output()
+        .expect("run the fresh-memory child");
+    println!(
+        "host, {when}: fresh memory {} ns/byte (256 MiB faulted in by a new process)",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+}
+
+/// The child of [`report_fresh_memory`]: faults in 256 MiB, one write a
+/// page, and prints ns per byte.
+fn fresh_memory_child() {
+    const BYTES: usize = 256 << 20;
+    let t = Instant::now();
+    let mut v = vec![0u8; BYTES];
+    for i in (0..BYTES).step_by(4096) {
+        v[i] = 1;
+    }
+    std::hint::black_box(&v);
+    println!("{:.2}", t.elapsed().as_secs_f64() * 1e9 / BYTES as f64);
+}
+
 fn bench_apply(want: impl Fn(&str) -> bool) {
     for (agents, shops) in [(1_000u64, 50u64), (20_000, 500)] {
         if !want(&format!("apply-{agents}")) {
             continue;
         }
+        report_fresh_memory("before");
         // Two desks: a fresh engine taking 2 M events (its tables grow and
         // the kernel zeroes their new pages as it goes), and a warm one
         // taking the next 2 M after 1 M (tables at a working size, as on a
@@ -238,6 +269,7 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
             warm_part.len(),
             best_of_3(|| time_apply_hot(&events[..WARM_UP], warm_part)),
         );
+        report_fresh_memory("after");
     }
 }
 
@@ -622,6 +654,10 @@ fn bench_replay() {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("fresh-memory-child") {
+        fresh_memory_child();
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("memory-child") {
         memory_child(args.get(2).map_or("", String::as_str));
         return;
