@@ -452,7 +452,7 @@ impl Samples {
         while let Some((_, ms)) = self.alert_window.pop_before(lo) {
             self.alert_window_sum -= ms;
         }
-        let oldest = self.alert_window.items.front().map(|m| m.0);
+        let oldest = self.alert_window.oldest();
         (self.alert_window.items.len() as u64, self.alert_window_sum, oldest)
     }
 
@@ -544,6 +544,11 @@ impl<T: Timed> TimeQueue<T> {
             let at = self.items.partition_point(|m| m.ts() <= t);
             self.items.insert(at, item);
         }
+    }
+
+    /// The time of the front item, from the time held beside the queue.
+    fn oldest(&self) -> Option<i64> {
+        (!self.items.is_empty()).then_some(self.oldest)
     }
 
     /// Takes the front item if its time is before `lo`.
@@ -702,10 +707,10 @@ mod tests {
         assert_eq!(q.pop_before(11), Some((5, 4)));
         assert_eq!(q.pop_before(11), Some((10, 0)));
         assert_eq!(q.pop_before(11), None);
-        assert_eq!(q.oldest, 20);
+        assert_eq!(q.oldest(), Some(20));
         // Emptied, it takes any time again, earlier ones included.
         while q.pop_before(i64::MAX).is_some() {}
-        assert_eq!(q.oldest, i64::MAX);
+        assert_eq!(q.oldest(), None);
         q.insert((1, 5));
         q.insert((2, 6));
         assert_eq!(times(&q), [1, 2]);
