@@ -1231,8 +1231,19 @@ impl Engine {
         changed
     }
 
-    /// Lists (shop `s`, agent `a`) for the next [`Engine::settle`], once.
+    /// Runs the wait rule on (shop `s`, agent `a`), whose waits changed,
+    /// or lists the partial for the next [`Engine::settle`], once.
+    ///
+    /// The rule runs at once when it would leave the partial's alert as it
+    /// is and only move its deadline, as it nearly always does at the start
+    /// or end of a wait: the partial is still in cache, and that result is
+    /// the one `settle` would reach unless a later event of the batch
+    /// changes the waits, which touches the partial again. Only a reading
+    /// that would raise, escalate or resolve an alert waits for `settle`.
     fn touch(&mut self, s: ShopIx, a: AgentIx) {
+        if self.run_wait_rule(s, a, false) {
+            return;
+        }
         if self.seen.insert((s, a), &self.touched) {
             self.touched.push((s, a));
         }
@@ -1643,6 +1654,13 @@ impl Engine {
 
     /// Re-evaluates `customer_waiting` for (shop, agent) and schedules the next check.
     fn check_waiting(&mut self, s: ShopIx, a: AgentIx) {
+        self.run_wait_rule(s, a, true);
+    }
+
+    /// [`Engine::check_waiting`]; with `alerts_may_move` false it stops
+    /// short of a reading that would raise, escalate or resolve an alert
+    /// and returns false, having changed nothing.
+    fn run_wait_rule(&mut self, s: ShopIx, a: AgentIx, alerts_may_move: bool) -> bool {
         let now = self.now;
         let Self {
             shops, agents, alerts, ..
@@ -1650,12 +1668,15 @@ impl Engine {
         let Shop {
             id: shop_id, partials, ..
         } = &mut shops[s as usize];
-        let Some(p) = partials.get_mut(&a) else { return };
+        let Some(p) = partials.get_mut(&a) else { return true };
         let t = p.thresholds;
         let oldest = p.waits.oldest();
         let age = oldest.map_or(0, |s| now.saturating_sub(s).max(0) as u64);
         let reading = Reading::customer_waiting(age, &t);
         if reading.moves(p.waiting_alert, &t) {
+            if !alerts_may_move {
+                return false;
+            }
             p.waiting_alert = alerts.observe(shop_id, &agents[a as usize].id, Rule::CustomerWaiting, reading, &t, now);
         }
         let next = oldest.and_then(|start| match p.waiting_alert {
@@ -1667,6 +1688,7 @@ impl Engine {
         // they come due.
         let next = next.filter(|d| *d > now);
         reschedule(&mut p.wait_deadline, &mut self.wait_deadlines, next, s, a);
+        true
     }
 
     /// Re-evaluates `slow_average` for (shop, agent) over the 15m window.
