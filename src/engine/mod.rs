@@ -892,10 +892,27 @@ impl Engine {
         let mut e: Engine = postcard::from_bytes(bytes)?;
         e.calendar = Calendar::new(settings.timezone.clone());
         e.rebuild_indexes(id_key);
-        let Engine { shops, agents, .. } = &mut e;
-        for s in shops.iter_mut() {
-            for (&a, p) in &mut s.partials {
-                p.thresholds = settings.thresholds_for(Some(&agents[a as usize].id), &s.id);
+        let Engine {
+            shops,
+            agents,
+            slow_deadlines,
+            ..
+        } = &mut e;
+        let w = Window::Min15.rolling_ms().expect("rolling");
+        for (s, shop) in (0..).zip(shops.iter_mut()) {
+            for (&a, p) in &mut shop.partials {
+                p.thresholds = settings.thresholds_for(Some(&agents[a as usize].id), &shop.id);
+                p.samples.recount_slow(p.thresholds.norm_ms);
+                // A lower `norm_ms` may find samples above it in a window
+                // that had none, and so no deadline: give it the one
+                // `check_slow` would have.
+                if p.slow_deadline.is_none()
+                    && (p.slow_alert.is_some() || p.samples.slow_in_alert_window() > 0)
+                    && let Some(oldest) = p.samples.alert_window_oldest()
+                {
+                    p.slow_deadline = Some(oldest + w);
+                    slow_deadlines.push((oldest + w, s, a));
+                }
             }
         }
         e.settings = settings;
@@ -1704,13 +1721,17 @@ impl Engine {
         let t = p.thresholds;
         let w = Window::Min15.rolling_ms().expect("rolling");
         let lo = now.saturating_sub(w) + 1;
-        let (count, sum, oldest) = p.samples.responses_since(lo);
-        let reading = Reading::slow_average(count, sum, &t);
+        let window = p.samples.responses_since(lo, t.norm_ms);
+        let reading = Reading::slow_average(window.count, window.sum_ms, &t);
         if reading.moves(p.slow_alert, &t) {
             p.slow_alert = alerts.observe(shop_id, &agents[a as usize].id, Rule::SlowAverage, reading, &t, now);
         }
         // The average next changes when the oldest sample leaves the window.
-        let next = oldest.map(|o| o + w);
+        // With no alert active and no sample above `norm_ms`, what is left
+        // averages at most `norm_ms` however many leave: nothing to raise
+        // until a new sample comes, and a new sample runs this rule again.
+        let quiet = p.slow_alert.is_none() && window.slow == 0;
+        let next = window.oldest.filter(|_| !quiet).map(|o| o + w);
         reschedule(&mut p.slow_deadline, &mut self.slow_deadlines, next, s, a);
     }
 

@@ -826,6 +826,77 @@ fn slow_average_resolves_at_clear_or_when_the_window_empties() {
     );
 }
 
+/// The slow deadline of `agent`'s partial in the only shop.
+fn slow_deadline(d: &Desk, agent: &str) -> Option<i64> {
+    let (a, _) = d.engine.agent_info(&agent.into()).expect("a known agent");
+    d.engine.shops[0].partials[&a].slow_deadline
+}
+
+#[test]
+fn slow_average_raises_when_fast_samples_leave_the_window_and_slow_ones_remain() {
+    let mut d = Desk::with(fast_thresholds());
+    for i in 0..3 {
+        let conv = format!("f{i}");
+        d.customer(T0 + i * MIN, &conv, &conv, Some("a1"));
+        d.reply(T0 + i * MIN + 10 * S, &conv, &conv, "a1");
+    }
+    for i in 5..8 {
+        let conv = format!("s{i}");
+        d.customer(T0 + i * MIN, &conv, &conv, Some("a1"));
+        d.reply(T0 + i * MIN + 70 * S, &conv, &conv, "a1");
+    }
+    // (The 70 s waits raise and resolve `customer_waiting`: not looked at.)
+    let slow_alerts =
+        |d: &mut Desk| -> Vec<_> { d.alerts().into_iter().filter(|a| a.1 == Rule::SlowAverage).collect() };
+    assert!(slow_alerts(&mut d).is_empty(), "(3 × 10 s + 3 × 70 s) / 6 = 40 s");
+    // As the fast samples leave, the average goes to 46 s, then 55 s; the
+    // last (at 2 min 10 s) leaves the window `(now - 15 min, now]` at 17
+    // min 10 s, and the three samples of 70 s left raise it, with no new
+    // event.
+    d.engine.tick(T0 + 17 * MIN + 10 * S - 1);
+    assert!(slow_alerts(&mut d).is_empty(), "still in the window");
+    d.engine.tick(T0 + 17 * MIN + 10 * S);
+    assert_eq!(
+        slow_alerts(&mut d),
+        vec![(Transition::Raised, Rule::SlowAverage, Severity::Warning, "a1".into())]
+    );
+}
+
+#[test]
+fn samples_at_or_under_norm_with_no_alert_active_keep_no_slow_deadline() {
+    let mut d = Desk::with(fast_thresholds());
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.reply(T0 + 60 * S, "c1", "u1", "a1"); // exactly norm: not slow
+    assert_eq!(slow_deadline(&d, "a1"), None, "nothing can raise as samples leave");
+    d.customer(T0 + MIN, "c2", "u2", Some("a1"));
+    d.reply(T0 + MIN + 61 * S, "c2", "u2", "a1");
+    assert_eq!(
+        slow_deadline(&d, "a1"),
+        Some(T0 + 60 * S + 15 * MIN),
+        "the oldest leaves first"
+    );
+    // Once the slow sample has left, the deadline goes.
+    d.engine.tick(T0 + MIN + 61 * S + 15 * MIN);
+    assert_eq!(slow_deadline(&d, "a1"), None);
+}
+
+#[test]
+fn a_restore_under_a_lower_norm_gives_a_window_its_slow_deadline() {
+    let mut d = Desk::with(fast_thresholds());
+    for i in 0..3 {
+        let conv = format!("c{i}");
+        d.customer(T0 + i * MIN, &conv, &conv, Some("a1"));
+        d.reply(T0 + i * MIN + 40 * S, &conv, &conv, "a1");
+    }
+    assert_eq!(slow_deadline(&d, "a1"), None);
+    let mut stricter = fast_thresholds();
+    stricter.thresholds.norm_ms = 30_000;
+    stricter.thresholds.clear_ms = 20_000;
+    let bytes = d.engine.snapshot();
+    d.engine = Engine::restore(Arc::new(stricter), &bytes).expect("the snapshot loads");
+    assert_eq!(slow_deadline(&d, "a1"), Some(T0 + 40 * S + 15 * MIN));
+}
+
 #[test]
 fn customer_waiting_raises_when_time_passes_with_no_new_event() {
     let mut d = Desk::with(settings(Clock::Wall));

@@ -384,6 +384,23 @@ pub struct Samples {
     /// Response samples `(ts, ms)` of the alert window, sorted, with their sum.
     alert_window: TimeQueue<(i64, u64)>,
     alert_window_sum: u64,
+    /// How many of them are above the scope's `norm_ms` (recorded slow):
+    /// while none is and no alert is active, no sample leaving the window
+    /// can raise one. Not stored: [`Samples::recount_slow`] on restore.
+    #[serde(skip)]
+    alert_window_slow: u64,
+}
+
+/// The response samples of the alert window, as [`Samples::responses_since`]
+/// leaves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertWindow {
+    /// Samples, their sum in ms, and how many are above `norm_ms`.
+    pub count: u64,
+    pub sum_ms: u64,
+    pub slow: u64,
+    /// `ts` of the oldest, if any.
+    pub oldest: Option<i64>,
 }
 
 impl Samples {
@@ -395,9 +412,10 @@ impl Samples {
                 slot.dist.record(mark.value);
             }
         }
-        if let MarkKind::Response { .. } = mark.kind {
+        if let MarkKind::Response { slow, .. } = mark.kind {
             self.alert_window.insert((mark.ts, mark.value));
             self.alert_window_sum += mark.value;
+            self.alert_window_slow += u64::from(slow);
         }
         if mark.ts > now - HOUR_MS {
             self.recent.insert(mark);
@@ -446,14 +464,36 @@ impl Samples {
         }
     }
 
-    /// Count, sum (ms) and oldest `ts` of response samples with `ts >= lo`,
-    /// forgetting older ones: `lo` must never decrease between calls.
-    pub fn responses_since(&mut self, lo: i64) -> (u64, u64, Option<i64>) {
+    /// The response samples with `ts >= lo`, forgetting older ones: `lo`
+    /// must never decrease between calls, and `norm_ms` is the one the
+    /// samples were recorded under (a sample above it was marked slow).
+    pub fn responses_since(&mut self, lo: i64, norm_ms: u64) -> AlertWindow {
         while let Some((_, ms)) = self.alert_window.pop_before(lo) {
             self.alert_window_sum -= ms;
+            self.alert_window_slow -= u64::from(ms > norm_ms);
         }
-        let oldest = self.alert_window.oldest();
-        (self.alert_window.items.len() as u64, self.alert_window_sum, oldest)
+        AlertWindow {
+            count: self.alert_window.items.len() as u64,
+            sum_ms: self.alert_window_sum,
+            slow: self.alert_window_slow,
+            oldest: self.alert_window.oldest(),
+        }
+    }
+
+    /// Samples of the alert window above `norm_ms`, as last counted.
+    pub fn slow_in_alert_window(&self) -> u64 {
+        self.alert_window_slow
+    }
+
+    /// `ts` of the alert window's oldest sample, if any.
+    pub fn alert_window_oldest(&self) -> Option<i64> {
+        self.alert_window.oldest()
+    }
+
+    /// Counts the alert window's samples above `norm_ms` again: after a
+    /// restore (the count is not stored, and `norm_ms` may have changed).
+    pub fn recount_slow(&mut self, norm_ms: u64) {
+        self.alert_window_slow = self.alert_window.items.iter().filter(|&&(_, ms)| ms > norm_ms).count() as u64;
     }
 
     /// Time of the latest rolling mark, if any.
