@@ -463,7 +463,10 @@ struct Partial {
     thresholds: Thresholds,
     /// Listed in `Engine::dirty_partials` since the last `take_dirty`.
     dirty: bool,
-    /// The `wait_deadlines` / `slow_deadlines` entries in force.
+    /// The `wait_deadlines` / `slow_deadlines` entries in force: for
+    /// waits the earliest queued, which may come before the wait rule
+    /// needs to run (it then runs early, changes nothing and queues the
+    /// next; see [`run_by`]).
     wait_deadline: Option<i64>,
     slow_deadline: Option<i64>,
     /// Severity of the active alert per rule (`customer_waiting`, `slow_average`).
@@ -758,6 +761,7 @@ pub struct Engine {
     /// (deadline, shop, agent): re-check `customer_waiting` at the deadline.
     /// A superseded entry stays until it comes due and is then skipped (the
     /// partial's own deadline no longer matches it); so in `slow_deadlines`.
+    /// Wait entries are superseded only by earlier ones ([`run_by`]).
     wait_deadlines: Deadlines,
     /// (deadline, shop, agent): re-check `slow_average` when a sample leaves the 15m window.
     slow_deadlines: Deadlines,
@@ -860,6 +864,24 @@ fn reschedule(slot: &mut Option<i64>, queue: &mut Deadlines, next: Option<i64>, 
         if let Some(d) = next {
             queue.push((d, s, a));
         }
+    }
+}
+
+/// Makes sure the partial's rule runs again by `next`, with the fewest
+/// entries queued: an entry already queued at or before `next` is kept
+/// (when it comes due, the rule runs and queues the entry it then needs),
+/// and only an earlier `next` is queued.
+///
+/// For waits: the deadline moves later each time the oldest wait of a
+/// partial is answered, seconds apart on a busy desk. Queued each time,
+/// every one of those entries came due, nearly all of them superseded, and
+/// each read its partial from memory to find that out.
+fn run_by(slot: &mut Option<i64>, queue: &mut Deadlines, next: Option<i64>, s: ShopIx, a: AgentIx) {
+    if let Some(d) = next
+        && slot.is_none_or(|queued| queued > d)
+    {
+        *slot = Some(d);
+        queue.push((d, s, a));
     }
 }
 
@@ -1704,7 +1726,7 @@ impl Engine {
         // One live entry per partial; superseded entries are skipped when
         // they come due.
         let next = next.filter(|d| *d > now);
-        reschedule(&mut p.wait_deadline, &mut self.wait_deadlines, next, s, a);
+        run_by(&mut p.wait_deadline, &mut self.wait_deadlines, next, s, a);
         true
     }
 

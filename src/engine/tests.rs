@@ -927,6 +927,33 @@ fn customer_waiting_raises_when_time_passes_with_no_new_event() {
 }
 
 #[test]
+fn an_answered_oldest_wait_queues_nothing_and_the_next_wait_still_raises_on_time() {
+    let mut d = Desk::with(settings(Clock::Wall));
+    d.engine.tick(T0);
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.customer(T0 + 30 * S, "c2", "u2", Some("a1"));
+    d.reply(T0 + 40 * S, "c1", "u1", "a1");
+    // The entry queued for c1's wait stays; none is added for c2's.
+    assert_eq!(d.engine.wait_deadlines.len(), 1);
+    // It comes due with c2's wait 30 s old: nothing raised, c2's queued.
+    d.engine.tick(T0 + 60 * S + 1);
+    assert!(d.alerts().is_empty());
+    assert_eq!(d.engine.wait_deadlines.len(), 1);
+    d.engine.tick(T0 + 90 * S);
+    assert!(d.alerts().is_empty(), "c2 has waited 60 s, not above norm");
+    d.engine.tick(T0 + 90 * S + 1);
+    assert_eq!(
+        d.alerts(),
+        vec![(
+            Transition::Raised,
+            Rule::CustomerWaiting,
+            Severity::Warning,
+            "a1".into()
+        )]
+    );
+}
+
+#[test]
 fn customer_waiting_resolves_when_no_wait_is_older_than_clear() {
     let mut d = Desk::new();
     d.customer(T0, "c1", "u1", Some("a1"));
