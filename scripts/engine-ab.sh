@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Alternates `apply-1000` between engine bench binaries and prints each
+# variant's median and range per binary. Two builds read on the same host
+# minutes apart can differ by 10-20 %, so builds are only compared this way.
+#
+#   cargo bench --bench engine --no-run      # prints the binary's path
+#   cp target/release/deps/engine-<hash> /tmp/engine-new   # and likewise an older build
+#   scripts/engine-ab.sh 3 /tmp/engine-old /tmp/engine-new
+set -euo pipefail
+rounds=$1
+shift
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+for _ in $(seq "$rounds"); do
+  for bin in "$@"; do
+    "$bin" apply-1000 --bench | grep '^apply' |
+      sed "s|^.*shops, ||; s|: best of 3.*= | |; s| M events/s||; s|^|$(basename "$bin")\t|" >>"$out"
+  done
+done
+python3 - "$out" "$@" <<'PY'
+import collections, os, statistics, sys
+runs = collections.defaultdict(list)
+order = []
+for line in open(sys.argv[1]):
+    name, rest = line.rstrip("\n").split("\t")
+    variant, value = rest.rsplit(" ", 1)
+    runs[(variant, name)].append(float(value))
+    if variant not in order:
+        order.append(variant)
+names = [os.path.basename(b) for b in sys.argv[2:]]
+for variant in order:
+    cells = []
+    for name in names:
+        xs = runs[(variant, name)]
+        cells.append(f"{name}: med {statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})")
+    print(f"{variant:50s}  " + "  ".join(cells))
+PY
