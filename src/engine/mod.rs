@@ -479,6 +479,17 @@ struct Partial {
 }
 
 impl Partial {
+    /// When the slow-average rule must next run if no sample comes: as the
+    /// alert window's oldest sample leaves it. Not while no alert is active
+    /// and no sample in the window is above `norm_ms`: what is left then
+    /// averages at most `norm_ms` however many leave, so nothing can raise
+    /// until a new sample, which runs the rule.
+    fn slow_recheck_at(&self) -> Option<i64> {
+        let quiet = self.slow_alert.is_none() && self.samples.slow_in_alert_window() == 0;
+        let w = Window::Min15.rolling_ms().expect("rolling");
+        self.samples.alert_window_oldest().filter(|_| !quiet).map(|o| o + w)
+    }
+
     fn new(thresholds: Thresholds) -> Self {
         Self {
             thresholds,
@@ -920,7 +931,6 @@ impl Engine {
             slow_deadlines,
             ..
         } = &mut e;
-        let w = Window::Min15.rolling_ms().expect("rolling");
         for (s, shop) in (0..).zip(shops.iter_mut()) {
             for (&a, p) in &mut shop.partials {
                 p.thresholds = settings.thresholds_for(Some(&agents[a as usize].id), &shop.id);
@@ -929,11 +939,10 @@ impl Engine {
                 // that had none, and so no deadline: give it the one
                 // `check_slow` would have.
                 if p.slow_deadline.is_none()
-                    && (p.slow_alert.is_some() || p.samples.slow_in_alert_window() > 0)
-                    && let Some(oldest) = p.samples.alert_window_oldest()
+                    && let Some(d) = p.slow_recheck_at()
                 {
-                    p.slow_deadline = Some(oldest + w);
-                    slow_deadlines.push((oldest + w, s, a));
+                    p.slow_deadline = Some(d);
+                    slow_deadlines.push((d, s, a));
                 }
             }
         }
@@ -1743,17 +1752,12 @@ impl Engine {
         let t = p.thresholds;
         let w = Window::Min15.rolling_ms().expect("rolling");
         let lo = now.saturating_sub(w) + 1;
-        let window = p.samples.responses_since(lo, t.norm_ms);
-        let reading = Reading::slow_average(window.count, window.sum_ms, &t);
+        let (count, sum) = p.samples.responses_since(lo, t.norm_ms);
+        let reading = Reading::slow_average(count, sum, &t);
         if reading.moves(p.slow_alert, &t) {
             p.slow_alert = alerts.observe(shop_id, &agents[a as usize].id, Rule::SlowAverage, reading, &t, now);
         }
-        // The average next changes when the oldest sample leaves the window.
-        // With no alert active and no sample above `norm_ms`, what is left
-        // averages at most `norm_ms` however many leave: nothing to raise
-        // until a new sample comes, and a new sample runs this rule again.
-        let quiet = p.slow_alert.is_none() && window.slow == 0;
-        let next = window.oldest.filter(|_| !quiet).map(|o| o + w);
+        let next = p.slow_recheck_at();
         reschedule(&mut p.slow_deadline, &mut self.slow_deadlines, next, s, a);
     }
 

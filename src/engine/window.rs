@@ -391,18 +391,6 @@ pub struct Samples {
     alert_window_slow: u64,
 }
 
-/// The response samples of the alert window, as [`Samples::responses_since`]
-/// leaves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AlertWindow {
-    /// Samples, their sum in ms, and how many are above `norm_ms`.
-    pub count: u64,
-    pub sum_ms: u64,
-    pub slow: u64,
-    /// `ts` of the oldest, if any.
-    pub oldest: Option<i64>,
-}
-
 impl Samples {
     /// Records `mark`, which falls on `day`; `now` prunes the rolling part.
     pub fn record(&mut self, mark: Mark, day: Day, now: i64) {
@@ -464,20 +452,16 @@ impl Samples {
         }
     }
 
-    /// The response samples with `ts >= lo`, forgetting older ones: `lo`
-    /// must never decrease between calls, and `norm_ms` is the one the
-    /// samples were recorded under (a sample above it was marked slow).
-    pub fn responses_since(&mut self, lo: i64, norm_ms: u64) -> AlertWindow {
+    /// Count and sum (ms) of the response samples with `ts >= lo`,
+    /// forgetting older ones: `lo` must never decrease between calls, and
+    /// `norm_ms` is the one the samples were recorded under (a sample above
+    /// it was marked slow).
+    pub fn responses_since(&mut self, lo: i64, norm_ms: u64) -> (u64, u64) {
         while let Some((_, ms)) = self.alert_window.pop_before(lo) {
             self.alert_window_sum -= ms;
             self.alert_window_slow -= u64::from(ms > norm_ms);
         }
-        AlertWindow {
-            count: self.alert_window.items.len() as u64,
-            sum_ms: self.alert_window_sum,
-            slow: self.alert_window_slow,
-            oldest: self.alert_window.oldest(),
-        }
+        (self.alert_window.items.len() as u64, self.alert_window_sum)
     }
 
     /// Samples of the alert window above `norm_ms`, as last counted.
