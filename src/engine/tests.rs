@@ -552,6 +552,26 @@ fn an_order_sent_again_under_another_event_id_counts_once() {
 }
 
 #[test]
+fn sales_sums_stop_at_the_largest_total_instead_of_wrapping() {
+    // Amounts are accepted up to i64::MAX fen; three such orders would
+    // wrap a u64 sum back to a small number (or panic a debug build).
+    let big = i64::MAX as u64;
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.reply(T0 + S, "c1", "u1", "a1");
+    for k in 0..3 {
+        d.order(T0 + (2 + k) * S, "u1", big);
+        d.order(T0 + (2 + k) * S, "u-silent", big);
+    }
+    assert_eq!((d.today("a1").orders, d.today("a1").sales_fen), (3, u64::MAX));
+    assert_eq!(d.stats("a1", Window::Min5).metrics.sales_fen, u64::MAX);
+    let (acc, _) = d.engine.shop_acc(&"s1".into(), Window::Today).unwrap();
+    assert_eq!((acc.tally.sales_fen, acc.tally.silent_sales_fen), (u64::MAX, u64::MAX));
+    let (acc, _) = d.engine.shop_acc(&"s1".into(), Window::Min5).unwrap();
+    assert_eq!((acc.tally.sales_fen, acc.tally.silent_sales_fen), (u64::MAX, u64::MAX));
+}
+
+#[test]
 fn order_without_agent_message_in_24h_is_a_silent_order() {
     let mut d = Desk::new();
     d.customer(T0 - 25 * 60 * MIN, "c1", "u1", Some("a1"));

@@ -276,7 +276,8 @@ pub struct Tally {
     pub transfers_out: u64,
     /// Orders credited.
     pub orders: u64,
-    /// Sum of credited orders, fen.
+    /// Sum of credited orders, fen. This and the other sums stop at
+    /// `u64::MAX` rather than wrap: amounts are accepted up to `i64::MAX`.
     pub sales_fen: u64,
     /// Orders with no agent to credit (shop level).
     pub silent_orders: u64,
@@ -288,29 +289,29 @@ impl Tally {
     /// Adds `other` into `self`.
     pub fn merge(&mut self, o: &Tally) {
         self.responses += o.responses;
-        self.response_sum_ms += o.response_sum_ms;
+        self.response_sum_ms = self.response_sum_ms.saturating_add(o.response_sum_ms);
         self.max_ms = self.max_ms.max(o.max_ms);
         self.first_responses += o.first_responses;
-        self.first_response_sum_ms += o.first_response_sum_ms;
+        self.first_response_sum_ms = self.first_response_sum_ms.saturating_add(o.first_response_sum_ms);
         self.slow_responses += o.slow_responses;
         self.auto_replies += o.auto_replies;
         self.transfers_in += o.transfers_in;
         self.transfers_out += o.transfers_out;
         self.orders += o.orders;
-        self.sales_fen += o.sales_fen;
+        self.sales_fen = self.sales_fen.saturating_add(o.sales_fen);
         self.silent_orders += o.silent_orders;
-        self.silent_sales_fen += o.silent_sales_fen;
+        self.silent_sales_fen = self.silent_sales_fen.saturating_add(o.silent_sales_fen);
     }
 
     fn add(&mut self, mark: &Mark) {
         match mark.kind {
             MarkKind::Response { first, slow } => {
                 self.responses += 1;
-                self.response_sum_ms += mark.value;
+                self.response_sum_ms = self.response_sum_ms.saturating_add(mark.value);
                 self.max_ms = self.max_ms.max(Some(mark.value));
                 if first {
                     self.first_responses += 1;
-                    self.first_response_sum_ms += mark.value;
+                    self.first_response_sum_ms = self.first_response_sum_ms.saturating_add(mark.value);
                 }
                 if slow {
                     self.slow_responses += 1;
@@ -321,11 +322,11 @@ impl Tally {
             MarkKind::TransferOut => self.transfers_out += 1,
             MarkKind::Order => {
                 self.orders += 1;
-                self.sales_fen += mark.value;
+                self.sales_fen = self.sales_fen.saturating_add(mark.value);
             }
             MarkKind::SilentOrder => {
                 self.silent_orders += 1;
-                self.silent_sales_fen += mark.value;
+                self.silent_sales_fen = self.silent_sales_fen.saturating_add(mark.value);
             }
         }
     }
