@@ -399,8 +399,8 @@ impl Desk {
                     continue;
                 }
                 for m in p.agent_recent_marks_in(agent, &shop) {
-                    let MarkKind::Response { .. } = m.kind else { continue };
-                    let idx = m.ts.div_euclid(60_000) - (this_minute - 59);
+                    let MarkKind::Response { .. } = m.kind() else { continue };
+                    let idx = m.ts().div_euclid(60_000) - (this_minute - 59);
                     if let Ok(i) = usize::try_from(idx)
                         && i < 60
                     {

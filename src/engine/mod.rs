@@ -1504,11 +1504,7 @@ impl Engine {
         p.waits.remove(start);
         let ms = (ts - start).max(0) as u64;
         let slow = ms > p.thresholds.norm_ms;
-        let mark = Mark {
-            ts,
-            kind: MarkKind::Response { first, slow },
-            value: ms,
-        };
+        let mark = Mark::new(ts, MarkKind::Response { first, slow }, ms);
         p.samples.record(mark, day, now);
         self.touch(s, a);
         self.check_slow(s, a);
@@ -1687,7 +1683,7 @@ impl Engine {
     /// Records a mark for (agent, shop), or for the shop when `agent` is `None`.
     fn record(&mut self, s: ShopIx, agent: Option<AgentIx>, kind: MarkKind, value: u64, ts: i64) {
         let (day, now) = self.day_and_now(ts);
-        let mark = Mark { ts, kind, value };
+        let mark = Mark::new(ts, kind, value);
         match agent {
             Some(a) => self.partial(s, a).samples.record(mark, day, now),
             None => self.shops[s as usize].samples.record(mark, day, now),
@@ -2006,9 +2002,9 @@ impl Engine {
             .shops
             .iter()
             .filter_map(|s| self.partial_of(agent, s))
-            .flat_map(|p| p.samples.recent().filter(|m| m.ts >= lo).copied())
+            .flat_map(|p| p.samples.recent().filter(|m| m.ts() >= lo).copied())
             .collect();
-        marks.sort_by_key(|m| m.ts);
+        marks.sort_by_key(Mark::ts);
         marks
     }
 
@@ -2031,7 +2027,7 @@ impl Engine {
     pub fn agent_recent_marks_in(&self, agent: &AgentId, shop: &ShopId) -> Vec<Mark> {
         let lo = self.now.saturating_sub(window::HOUR_MS) + 1;
         self.partial_of(agent, shop)
-            .map(|p| p.samples.recent().filter(|m| m.ts >= lo).copied().collect())
+            .map(|p| p.samples.recent().filter(|m| m.ts() >= lo).copied().collect())
             .unwrap_or_default()
     }
 

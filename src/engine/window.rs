@@ -304,7 +304,7 @@ impl Tally {
     }
 
     fn add(&mut self, mark: &Mark) {
-        match mark.kind {
+        match mark.kind() {
             MarkKind::Response { first, slow } => {
                 self.responses += 1;
                 self.response_sum_ms = self.response_sum_ms.saturating_add(mark.value);
@@ -354,15 +354,94 @@ pub enum MarkKind {
     SilentOrder,
 }
 
-/// One countable happening at `ts`.
+/// One countable happening at `ts`, in 16 bytes: the hour of marks is
+/// most of a busy partial's memory, and a desk's first hour grows it by
+/// every response and order. The kind rides in the low four bits of
+/// `ts · 16`: event times are below 2^48 ms (year 9999), far inside the
+/// ±2^59 this leaves. Stored as `{ts, kind, value}` ([`MarkData`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MarkData", into = "MarkData")]
 pub struct Mark {
-    /// Event time, ms.
-    pub ts: i64,
-    /// What it counts.
-    pub kind: MarkKind,
+    ts_kind: i64,
     /// ms for responses, fen for orders, 0 otherwise.
     pub value: u64,
+}
+
+impl Mark {
+    /// The span of `ts` a mark holds; an event time outside it (none the
+    /// protocol accepts) is kept as its nearest end.
+    const TS_LIMIT: i64 = 1 << 59;
+
+    pub fn new(ts: i64, kind: MarkKind, value: u64) -> Self {
+        let ts = ts.clamp(-Self::TS_LIMIT, Self::TS_LIMIT - 1);
+        Self {
+            ts_kind: ts * 16 + i64::from(kind.code()),
+            value,
+        }
+    }
+
+    /// Event time, ms.
+    pub fn ts(&self) -> i64 {
+        self.ts_kind >> 4
+    }
+
+    /// What it counts.
+    pub fn kind(&self) -> MarkKind {
+        MarkKind::from_code((self.ts_kind & 15) as u8)
+    }
+}
+
+impl MarkKind {
+    /// Four bits: a response's two flags, or 4..=8 for the others.
+    fn code(self) -> u8 {
+        match self {
+            Self::Response { first, slow } => u8::from(first) | u8::from(slow) << 1,
+            Self::AutoReply => 4,
+            Self::TransferIn => 5,
+            Self::TransferOut => 6,
+            Self::Order => 7,
+            Self::SilentOrder => 8,
+        }
+    }
+
+    fn from_code(code: u8) -> Self {
+        match code {
+            0..=3 => Self::Response {
+                first: code & 1 != 0,
+                slow: code & 2 != 0,
+            },
+            4 => Self::AutoReply,
+            5 => Self::TransferIn,
+            6 => Self::TransferOut,
+            7 => Self::Order,
+            _ => Self::SilentOrder,
+        }
+    }
+}
+
+/// How a [`Mark`] is stored: the layout it had as a plain struct, so
+/// snapshots read either way.
+#[derive(Serialize, Deserialize)]
+struct MarkData {
+    ts: i64,
+    kind: MarkKind,
+    value: u64,
+}
+
+impl From<MarkData> for Mark {
+    fn from(d: MarkData) -> Self {
+        Self::new(d.ts, d.kind, d.value)
+    }
+}
+
+impl From<Mark> for MarkData {
+    fn from(m: Mark) -> Self {
+        Self {
+            ts: m.ts(),
+            kind: m.kind(),
+            value: m.value,
+        }
+    }
 }
 
 /// One day's tally and distribution.
@@ -397,16 +476,16 @@ impl Samples {
     pub fn record(&mut self, mark: Mark, day: Day, now: i64) {
         if let Some(slot) = self.slot_for(day) {
             slot.tally.add(&mark);
-            if let MarkKind::Response { .. } = mark.kind {
+            if let MarkKind::Response { .. } = mark.kind() {
                 slot.dist.record(mark.value);
             }
         }
-        if let MarkKind::Response { slow, .. } = mark.kind {
-            self.alert_window.insert((mark.ts, mark.value));
+        if let MarkKind::Response { slow, .. } = mark.kind() {
+            self.alert_window.insert((mark.ts(), mark.value));
             self.alert_window_sum += mark.value;
             self.alert_window_slow += u64::from(slow);
         }
-        if mark.ts > now - HOUR_MS {
+        if mark.ts() > now - HOUR_MS {
             self.recent.insert(mark);
         }
         self.prune(now);
@@ -442,10 +521,10 @@ impl Samples {
                 }
             }
             _ => {
-                let from = self.recent.items.partition_point(|m| m.ts < range.lo);
+                let from = self.recent.items.partition_point(|m| m.ts() < range.lo);
                 for mark in self.recent.items.range(from..) {
                     acc.tally.add(mark);
-                    if let MarkKind::Response { .. } = mark.kind {
+                    if let MarkKind::Response { .. } = mark.kind() {
                         acc.dist.record(mark.value);
                     }
                 }
@@ -483,7 +562,7 @@ impl Samples {
 
     /// Time of the latest rolling mark, if any.
     pub fn latest_ts(&self) -> Option<i64> {
-        self.recent.items.back().map(|m| m.ts)
+        self.recent.items.back().map(Mark::ts)
     }
 
     /// Rolling marks, oldest first.
@@ -519,7 +598,7 @@ trait Timed {
 
 impl Timed for Mark {
     fn ts(&self) -> i64 {
-        self.ts
+        Mark::ts(self)
     }
 }
 
@@ -754,6 +833,43 @@ mod tests {
         assert_eq!((back.oldest, back.newest), (3, 9));
         back.insert((8, 1));
         assert_eq!(times(&back), [3, 7, 8, 9]);
+    }
+
+    #[test]
+    fn a_mark_gives_back_its_time_kind_and_value_and_is_stored_as_before() {
+        let responses = [(false, false), (true, false), (false, true), (true, true)]
+            .map(|(first, slow)| MarkKind::Response { first, slow });
+        let others = [
+            MarkKind::AutoReply,
+            MarkKind::TransferIn,
+            MarkKind::TransferOut,
+            MarkKind::Order,
+            MarkKind::SilentOrder,
+        ];
+        let times = [
+            0,
+            1,
+            -1,
+            -17,
+            crate::protocol::MAX_TS_MS,
+            Mark::TS_LIMIT - 1,
+            -Mark::TS_LIMIT,
+        ];
+        assert_eq!(std::mem::size_of::<Mark>(), 16);
+        for (k, kind) in responses.into_iter().chain(others).enumerate() {
+            for ts in times {
+                let value = u64::MAX - k as u64;
+                let m = Mark::new(ts, kind, value);
+                assert_eq!((m.ts(), m.kind(), m.value), (ts, kind, value));
+                let plain = MarkData { ts, kind, value };
+                let bytes = postcard::to_stdvec(&m).unwrap();
+                assert_eq!(bytes, postcard::to_stdvec(&plain).unwrap());
+                assert_eq!(postcard::from_bytes::<Mark>(&bytes).unwrap(), m);
+            }
+        }
+        // Marks order by time whatever their kinds.
+        assert!(Mark::new(-2, MarkKind::SilentOrder, 0).ts() < Mark::new(-1, responses[0], 0).ts());
+        assert_eq!(Mark::new(i64::MAX, MarkKind::Order, 1).ts(), Mark::TS_LIMIT - 1);
     }
 
     #[test]
