@@ -457,12 +457,31 @@ struct ConvLookup<'a> {
     found: Option<ConvIx>,
 }
 
+/// [`Partial::listed`] in the place of the flag it replaced: written as
+/// false, read as never listed.
+mod round_as_flag {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(_: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bool(false)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        bool::deserialize(deserializer).map(|_| 0)
+    }
+}
+
 /// One agent's state in one shop.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Partial {
     thresholds: Thresholds,
-    /// Listed in `Engine::dirty_partials` since the last `take_dirty`.
-    dirty: bool,
+    /// The `Engine::dirty_round` in which it was last listed in
+    /// `Engine::dirty_partials` (0: never): `take_dirty` then starts a new
+    /// round instead of reading every listed partial to clear a flag.
+    /// Stored as the flag it replaced, always false; restore lists again
+    /// what `dirty_partials` holds.
+    #[serde(with = "round_as_flag")]
+    listed: u32,
     /// The `wait_deadlines` / `slow_deadlines` entries in force: for
     /// waits the earliest queued, which may come before the wait rule
     /// needs to run (it then runs early, changes nothing and queues the
@@ -493,7 +512,7 @@ impl Partial {
     fn new(thresholds: Thresholds) -> Self {
         Self {
             thresholds,
-            dirty: false,
+            listed: 0,
             wait_deadline: None,
             slow_deadline: None,
             waiting_alert: None,
@@ -785,6 +804,9 @@ pub struct Engine {
     seen: Seen,
     dirty_agents: Vec<AgentIx>,
     dirty_partials: Vec<(ShopIx, AgentIx)>,
+    /// The current `take_dirty` round, from 1 ([`Partial::listed`]).
+    #[serde(skip)]
+    dirty_round: u32,
     dirty_shop_list: Vec<ShopIx>,
     last_maintenance_h: i64,
     /// The next shop of the hourly clean-up under way.
@@ -929,8 +951,16 @@ impl Engine {
             shops,
             agents,
             slow_deadlines,
+            dirty_partials,
+            dirty_round,
             ..
         } = &mut e;
+        *dirty_round = 1;
+        for &(s, a) in dirty_partials.iter() {
+            if let Some(p) = shops[s as usize].partials.get_mut(&a) {
+                p.listed = 1;
+            }
+        }
         for (s, shop) in (0..).zip(shops.iter_mut()) {
             for (&a, p) in &mut shop.partials {
                 p.thresholds = settings.thresholds_for(Some(&agents[a as usize].id), &shop.id);
@@ -1002,6 +1032,7 @@ impl Engine {
             seen: Seen::default(),
             dirty_agents: Vec::new(),
             dirty_partials: Vec::new(),
+            dirty_round: 1,
             dirty_shop_list: Vec::new(),
             last_maintenance_h: i64::MIN,
             maintain_next: None,
@@ -1383,6 +1414,7 @@ impl Engine {
             agents,
             settings,
             dirty_partials,
+            dirty_round,
             ..
         } = self;
         let Shop {
@@ -1393,8 +1425,8 @@ impl Engine {
             info.shops.insert(shop_id.clone());
             Partial::new(settings.thresholds_for(Some(&info.id), shop_id))
         });
-        if !p.dirty {
-            p.dirty = true;
+        if p.listed != *dirty_round {
+            p.listed = *dirty_round;
             dirty_partials.push((s, a));
         }
         p
@@ -2067,21 +2099,30 @@ impl Engine {
         self.alerts.take_changes()
     }
 
-    /// Agents and shops changed since the last call (an agent may be
-    /// listed more than once).
+    /// Agents and shops changed since the last call, each once.
     pub fn take_dirty(&mut self) -> (Vec<AgentId>, Vec<ShopId>) {
-        let mut agents = Vec::with_capacity(self.dirty_agents.len() + self.dirty_partials.len());
-        for a in self.dirty_agents.drain(..) {
-            let info = &mut self.agents[a as usize];
-            info.dirty = false;
-            agents.push(info.id.clone());
+        let mut listed = std::mem::take(&mut self.dirty_partials);
+        for (_, a) in listed.drain(..) {
+            self.mark_agent(a);
         }
-        for (s, a) in self.dirty_partials.drain(..) {
-            if let Some(p) = self.shops[s as usize].partials.get_mut(&a) {
-                p.dirty = false;
+        self.dirty_partials = listed;
+        self.dirty_round = self.dirty_round.wrapping_add(1);
+        if self.dirty_round == 0 {
+            // After 2^32 rounds a stamp could match again: reset them all.
+            for p in self.shops.iter_mut().flat_map(|shop| shop.partials.values_mut()) {
+                p.listed = 0;
             }
-            agents.push(self.agents[a as usize].id.clone());
+            self.dirty_round = 1;
         }
+        let agents = self
+            .dirty_agents
+            .drain(..)
+            .map(|a| {
+                let info = &mut self.agents[a as usize];
+                info.dirty = false;
+                info.id.clone()
+            })
+            .collect();
         let shops = self
             .dirty_shop_list
             .drain(..)

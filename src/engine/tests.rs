@@ -1269,3 +1269,46 @@ fn indexes_stay_consistent_under_random_churn() {
         d.engine.assert_consistent();
     }
 }
+
+/// The agents and shops `take_dirty` names since it was last called.
+fn taken(d: &mut Desk) -> (Vec<String>, Vec<String>) {
+    let (agents, shops) = d.engine.take_dirty();
+    let mut agents: Vec<String> = agents.iter().map(ToString::to_string).collect();
+    agents.sort();
+    let shops = shops.iter().map(ToString::to_string).collect();
+    (agents, shops)
+}
+
+#[test]
+fn take_dirty_names_each_changed_agent_once_per_call_and_again_after_a_change() {
+    let mut d = Desk::new();
+    d.customer_in("s1", T0, "c1", "u1", Some("a1"));
+    d.customer_in("s2", T0, "c2", "u2", Some("a1"));
+    d.reply_in("s1", T0 + S, "c1", "u1", "a1", false);
+    d.customer_in("s1", T0 + S, "c3", "u3", Some("a2"));
+    assert_eq!(
+        taken(&mut d),
+        (vec!["a1".into(), "a2".into()], vec!["s1".into(), "s2".into()])
+    );
+    assert_eq!(taken(&mut d), (vec![], vec![]), "nothing changed since");
+    // The same partial changes again, in the next round.
+    d.reply_in("s1", T0 + 2 * S, "c3", "u3", "a2", false);
+    assert_eq!(taken(&mut d), (vec!["a2".into()], vec!["s1".into()]));
+    d.reply_in("s2", T0 + 3 * S, "c2", "u2", "a1", false);
+    assert_eq!(taken(&mut d).0, ["a1"]);
+}
+
+#[test]
+fn changes_not_yet_taken_survive_a_snapshot_and_later_rounds_still_list() {
+    let mut d = Desk::new();
+    d.customer(T0, "c1", "u1", Some("a1"));
+    d.customer(T0, "c2", "u2", Some("a2"));
+    assert_eq!(taken(&mut d).0, ["a1", "a2"]);
+    d.reply(T0 + S, "c1", "u1", "a1");
+    d.restart();
+    assert_eq!(taken(&mut d).0, ["a1"], "listed before the snapshot, named after it");
+    d.reply(T0 + 2 * S, "c1", "u1", "a1");
+    d.reply(T0 + 2 * S, "c2", "u2", "a2");
+    assert_eq!(taken(&mut d).0, ["a1", "a2"]);
+    assert_eq!(taken(&mut d).0, Vec::<String>::new());
+}
