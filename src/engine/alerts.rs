@@ -121,7 +121,7 @@ pub struct Reading {
 
 impl Reading {
     /// `slow_average` from the 15m window's sample count and sum.
-    pub fn slow_average(count: u64, sum_ms: u64, t: &Thresholds) -> Self {
+    pub fn slow_average(count: u64, sum_ms: u128, t: &Thresholds) -> Self {
         let avg = if count == 0 {
             0
         } else {

@@ -461,9 +461,11 @@ pub struct DaySlot {
 pub struct Samples {
     days: [DaySlot; 2],
     recent: TimeQueue<Mark>,
-    /// Response samples `(ts, ms)` of the alert window, sorted, with their sum.
+    /// Response samples `(ts, ms)` of the alert window, sorted, with their
+    /// sum: 128 bits, so no number of samples of any size can wrap it
+    /// (stored as the 64-bit sum it was, which postcard writes the same).
     alert_window: TimeQueue<(i64, u64)>,
-    alert_window_sum: u64,
+    alert_window_sum: u128,
     /// How many of them are above the scope's `norm_ms` (recorded slow):
     /// while none is and no alert is active, no sample leaving the window
     /// can raise one. Not stored: [`Samples::recount_slow`] on restore.
@@ -482,7 +484,7 @@ impl Samples {
         }
         if let MarkKind::Response { slow, .. } = mark.kind() {
             self.alert_window.insert((mark.ts(), mark.value));
-            self.alert_window_sum += mark.value;
+            self.alert_window_sum += u128::from(mark.value);
             self.alert_window_slow += u64::from(slow);
         }
         if mark.ts() > now - HOUR_MS {
@@ -536,9 +538,9 @@ impl Samples {
     /// forgetting older ones: `lo` must never decrease between calls, and
     /// `norm_ms` is the one the samples were recorded under (a sample above
     /// it was marked slow).
-    pub fn responses_since(&mut self, lo: i64, norm_ms: u64) -> (u64, u64) {
+    pub fn responses_since(&mut self, lo: i64, norm_ms: u64) -> (u64, u128) {
         while let Some((_, ms)) = self.alert_window.pop_before(lo) {
-            self.alert_window_sum -= ms;
+            self.alert_window_sum -= u128::from(ms);
             self.alert_window_slow -= u64::from(ms > norm_ms);
         }
         (self.alert_window.items.len() as u64, self.alert_window_sum)
@@ -870,6 +872,31 @@ mod tests {
         // Marks order by time whatever their kinds.
         assert!(Mark::new(-2, MarkKind::SilentOrder, 0).ts() < Mark::new(-1, responses[0], 0).ts());
         assert_eq!(Mark::new(i64::MAX, MarkKind::Order, 1).ts(), Mark::TS_LIMIT - 1);
+    }
+
+    #[test]
+    fn the_alert_window_sums_samples_of_any_size_without_wrapping() {
+        let day = crate::engine::day::Day {
+            start_ms: 0,
+            end_ms: 86_400_000,
+        };
+        let response = MarkKind::Response {
+            first: false,
+            slow: true,
+        };
+        let mut s = Samples::default();
+        for ts in [1_000, 2_000, 3_000] {
+            s.record(Mark::new(ts, response, u64::MAX), day, ts);
+        }
+        assert_eq!(s.responses_since(0, 0), (3, 3 * u128::from(u64::MAX)));
+        assert_eq!(s.responses_since(2_500, 0), (1, u128::from(u64::MAX)));
+        // Stored as the 64-bit sum was: postcard writes both alike.
+        for v in [0, 300, u64::MAX] {
+            assert_eq!(
+                postcard::to_stdvec(&v).unwrap(),
+                postcard::to_stdvec(&u128::from(v)).unwrap()
+            );
+        }
     }
 
     #[test]
