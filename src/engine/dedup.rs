@@ -171,7 +171,9 @@ const MAX_DEPTH: u32 = 20;
 /// replaced doubled, held both tables while it moved, and zeroed its
 /// successor ahead: over the 2.1 M new ids of the engine bench's warm desk
 /// the process grew by 181–186 MiB with it and by 133 MiB with this. A
-/// split moves at most 6 553 words within 192 KiB, a few tens of µs.
+/// split moves at most 6 553 words within three segments (192 KiB), so no
+/// insert waits on a move of the whole set, which is why the old table
+/// moved a few slots per insert.
 #[derive(Debug, Clone, Default)]
 struct FlatSet {
     /// Segment index per top-`depth`-bit prefix (empty while the set is).
