@@ -166,6 +166,11 @@ impl Desk {
 
 use alerts::Transition;
 
+/// `Desk::alerts` when it returns a single change.
+fn only(event: Transition, rule: Rule, severity: Severity, agent: &str) -> Vec<(Transition, Rule, Severity, String)> {
+    vec![(event, rule, severity, agent.to_owned())]
+}
+
 #[test]
 fn wait_opens_at_first_counted_customer_message_and_later_ones_do_not_move_it() {
     let mut d = Desk::new();
@@ -777,7 +782,7 @@ fn slow_average_raises_above_norm_with_min_samples() {
     let slow: Vec<_> = d.alerts().into_iter().filter(|a| a.1 == Rule::SlowAverage).collect();
     assert_eq!(
         slow,
-        vec![(Transition::Raised, Rule::SlowAverage, Severity::Warning, "a1".into())]
+        only(Transition::Raised, Rule::SlowAverage, Severity::Warning, "a1")
     );
 }
 
@@ -878,7 +883,7 @@ fn slow_average_raises_when_fast_samples_leave_the_window_and_slow_ones_remain()
     d.engine.tick(T0 + 17 * MIN + 10 * S);
     assert_eq!(
         slow_alerts(&mut d),
-        vec![(Transition::Raised, Rule::SlowAverage, Severity::Warning, "a1".into())]
+        only(Transition::Raised, Rule::SlowAverage, Severity::Warning, "a1")
     );
 }
 
@@ -927,22 +932,12 @@ fn customer_waiting_raises_when_time_passes_with_no_new_event() {
     d.engine.tick(T0 + 60 * S + 1);
     assert_eq!(
         d.alerts(),
-        vec![(
-            Transition::Raised,
-            Rule::CustomerWaiting,
-            Severity::Warning,
-            "a1".into()
-        )]
+        only(Transition::Raised, Rule::CustomerWaiting, Severity::Warning, "a1")
     );
     d.engine.tick(T0 + 100 * S + 1);
     assert_eq!(
         d.alerts(),
-        vec![(
-            Transition::Escalated,
-            Rule::CustomerWaiting,
-            Severity::Critical,
-            "a1".into()
-        )]
+        only(Transition::Escalated, Rule::CustomerWaiting, Severity::Critical, "a1")
     );
 }
 
@@ -964,12 +959,7 @@ fn an_answered_oldest_wait_queues_nothing_and_the_next_wait_still_raises_on_time
     d.engine.tick(T0 + 90 * S + 1);
     assert_eq!(
         d.alerts(),
-        vec![(
-            Transition::Raised,
-            Rule::CustomerWaiting,
-            Severity::Warning,
-            "a1".into()
-        )]
+        only(Transition::Raised, Rule::CustomerWaiting, Severity::Warning, "a1")
     );
 }
 
