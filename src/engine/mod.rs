@@ -509,6 +509,25 @@ impl Partial {
         self.samples.alert_window_oldest().filter(|_| !quiet).map(|o| o + w)
     }
 
+    /// Moves the `time` of this partial's mark of the customer of
+    /// conversation `c` (assigned to this partial's agent) to `ts` at
+    /// least. The first time goes to the partial's table, where the
+    /// conversation takes the mark if no other holds it; later ones stay
+    /// in the conversation.
+    fn mark(&mut self, conversations: &mut Slab<Conversation>, c: ConvIx, time: MarkTime, ts: i64) {
+        let conversation = &mut conversations[c];
+        if conversation.holds_mark {
+            time.advance(&mut conversation.counted, &mut conversation.replied, ts);
+            return;
+        }
+        let m = self.marks.entry(conversation.customer).or_default();
+        time.advance(&mut m.counted, &mut m.replied, ts);
+        if m.held_by == NO_CONVERSATION {
+            m.held_by = c;
+            conversation.holds_mark = true;
+        }
+    }
+
     fn new(thresholds: Thresholds) -> Self {
         Self {
             thresholds,
@@ -522,6 +541,77 @@ impl Partial {
             open_conversations: 0,
             waits: Waits::default(),
         }
+    }
+}
+
+/// A partial borrowed with the rest of what an event writes beside it,
+/// from [`Engine::parts`].
+struct Parts<'e> {
+    partial: &'e mut Partial,
+    /// The conversations of the partial's shop.
+    conversations: &'e mut Slab<Conversation>,
+    rules: Rules<'e>,
+}
+
+/// The alert rules of one partial, with what they write besides the
+/// partial: the alert book and the deadline queues.
+struct Rules<'e> {
+    now: i64,
+    s: ShopIx,
+    a: AgentIx,
+    shop: &'e ShopId,
+    agent: &'e AgentId,
+    alerts: &'e mut AlertBook,
+    wait_deadlines: &'e mut Deadlines,
+    slow_deadlines: &'e mut Deadlines,
+}
+
+impl Rules<'_> {
+    /// Re-evaluates `customer_waiting` for the partial `p` and schedules
+    /// its next check. With `alerts_may_move` false it stops short of a
+    /// reading that would raise, escalate or resolve an alert and returns
+    /// false, having changed nothing.
+    fn waiting(&mut self, p: &mut Partial, alerts_may_move: bool) -> bool {
+        let now = self.now;
+        let t = p.thresholds;
+        let oldest = p.waits.oldest();
+        let age = oldest.map_or(0, |s| now.saturating_sub(s).max(0) as u64);
+        let reading = Reading::customer_waiting(age, &t);
+        if reading.moves(p.waiting_alert, &t) {
+            if !alerts_may_move {
+                return false;
+            }
+            p.waiting_alert = self
+                .alerts
+                .observe(self.shop, self.agent, Rule::CustomerWaiting, reading, &t, now);
+        }
+        let next = oldest.and_then(|start| match p.waiting_alert {
+            None => Some(start.saturating_add(t.norm_ms as i64) + 1),
+            Some(Severity::Warning) => Some(start.saturating_add(t.critical_ms as i64) + 1),
+            Some(Severity::Critical) => None,
+        });
+        // One live entry per partial; superseded entries are skipped when
+        // they come due.
+        let next = next.filter(|d| *d > now);
+        run_by(&mut p.wait_deadline, self.wait_deadlines, next, self.s, self.a);
+        true
+    }
+
+    /// Re-evaluates `slow_average` for the partial `p` over the 15m window.
+    fn slow(&mut self, p: &mut Partial) {
+        let now = self.now;
+        let t = p.thresholds;
+        let w = Window::Min15.rolling_ms().expect("rolling");
+        let lo = now.saturating_sub(w) + 1;
+        let (count, sum) = p.samples.responses_since(lo, t.norm_ms);
+        let reading = Reading::slow_average(count, sum, &t);
+        if reading.moves(p.slow_alert, &t) {
+            p.slow_alert = self
+                .alerts
+                .observe(self.shop, self.agent, Rule::SlowAverage, reading, &t, now);
+        }
+        let next = p.slow_recheck_at();
+        reschedule(&mut p.slow_deadline, self.slow_deadlines, next, self.s, self.a);
     }
 }
 
@@ -967,7 +1057,7 @@ impl Engine {
                 p.samples.recount_slow(p.thresholds.norm_ms);
                 // A lower `norm_ms` may find samples above it in a window
                 // that had none, and so no deadline: give it the one
-                // `check_slow` would have.
+                // `Rules::slow` would have.
                 if p.slow_deadline.is_none()
                     && let Some(d) = p.slow_recheck_at()
                 {
@@ -1320,9 +1410,14 @@ impl Engine {
     /// changes the waits, which touches the partial again. Only a reading
     /// that would raise, escalate or resolve an alert waits for `settle`.
     fn touch(&mut self, s: ShopIx, a: AgentIx) {
-        if self.run_wait_rule(s, a, false) {
-            return;
+        if !self.run_wait_rule(s, a, false) {
+            self.defer_waiting(s, a);
         }
+    }
+
+    /// Lists (shop `s`, agent `a`) for the next [`Engine::settle`], once:
+    /// its wait rule would move an alert.
+    fn defer_waiting(&mut self, s: ShopIx, a: AgentIx) {
         if self.seen.insert((s, a), &self.touched) {
             self.touched.push((s, a));
         }
@@ -1336,19 +1431,19 @@ impl Engine {
         }
         self.now = now;
         while let Some((deadline, s, a)) = self.wait_deadlines.pop_due(now) {
-            if let Some(p) = self.shops[s as usize].partials.get_mut(&a)
+            if let Some((p, mut rules)) = self.rules_at(s, a)
                 && p.wait_deadline == Some(deadline)
             {
                 p.wait_deadline = None;
-                self.check_waiting(s, a);
+                rules.waiting(p, true);
             }
         }
         while let Some((deadline, s, a)) = self.slow_deadlines.pop_due(now) {
-            if let Some(p) = self.shops[s as usize].partials.get_mut(&a)
+            if let Some((p, mut rules)) = self.rules_at(s, a)
                 && p.slow_deadline == Some(deadline)
             {
                 p.slow_deadline = None;
-                self.check_slow(s, a);
+                rules.slow(p);
             }
         }
         let hour = now.div_euclid(window::HOUR_MS);
@@ -1408,28 +1503,84 @@ impl Engine {
         }
     }
 
+    /// The partial of (shop `s`, agent `a`), created if new, listed as
+    /// changed for the next `take_dirty`.
     fn partial(&mut self, s: ShopIx, a: AgentIx) -> &mut Partial {
+        self.parts(s, a).partial
+    }
+
+    /// [`Engine::partial`], with the shop's conversations and the alert
+    /// rules borrowed beside it: what an event does to one partial takes
+    /// one lookup of it.
+    fn parts(&mut self, s: ShopIx, a: AgentIx) -> Parts<'_> {
         let Self {
+            now,
             shops,
             agents,
             settings,
+            alerts,
+            wait_deadlines,
+            slow_deadlines,
             dirty_partials,
             dirty_round,
             ..
         } = self;
         let Shop {
-            id: shop_id, partials, ..
+            id: shop,
+            partials,
+            conversations,
+            ..
         } = &mut shops[s as usize];
-        let p = partials.entry(a).or_insert_with(|| {
+        let partial = partials.entry(a).or_insert_with(|| {
             let info = &mut agents[a as usize];
-            info.shops.insert(shop_id.clone());
-            Partial::new(settings.thresholds_for(Some(&info.id), shop_id))
+            info.shops.insert(shop.clone());
+            Partial::new(settings.thresholds_for(Some(&info.id), shop))
         });
-        if p.listed != *dirty_round {
-            p.listed = *dirty_round;
+        if partial.listed != *dirty_round {
+            partial.listed = *dirty_round;
             dirty_partials.push((s, a));
         }
-        p
+        Parts {
+            partial,
+            conversations,
+            rules: Rules {
+                now: *now,
+                s,
+                a,
+                shop,
+                agent: &agents[a as usize].id,
+                alerts,
+                wait_deadlines,
+                slow_deadlines,
+            },
+        }
+    }
+
+    /// The partial of (shop `s`, agent `a`) if it exists, and its rules;
+    /// neither created nor listed.
+    fn rules_at(&mut self, s: ShopIx, a: AgentIx) -> Option<(&mut Partial, Rules<'_>)> {
+        let Self {
+            now,
+            shops,
+            agents,
+            alerts,
+            wait_deadlines,
+            slow_deadlines,
+            ..
+        } = self;
+        let Shop { id: shop, partials, .. } = &mut shops[s as usize];
+        let partial = partials.get_mut(&a)?;
+        let rules = Rules {
+            now: *now,
+            s,
+            a,
+            shop,
+            agent: &agents[a as usize].id,
+            alerts,
+            wait_deadlines,
+            slow_deadlines,
+        };
+        Some((partial, rules))
     }
 
     /// The conversation's index, opening it for `customer` if new.
@@ -1484,27 +1635,28 @@ impl Engine {
         }
         let shop = &mut self.shops[s as usize];
         let conversation = &mut shop.conversations[c];
-        let assigned = conversation.agent;
         // Only a wait that starts changes what the wait rule reads: a
         // customer writing again into a wait is judged from its start.
         let starts = conversation.wait_start.is_none();
         if starts {
             conversation.wait_start = Some(ts);
-            match assigned {
-                None => shop.queue.add(ts),
-                Some(a) => {
-                    shop.partials
-                        .get_mut(&a)
-                        .expect("assigned agents have partials")
-                        .waits
-                        .add(ts);
-                }
-            }
         }
-        if let Some(a) = assigned {
-            self.mark(s, c, a, MarkTime::Counted, ts);
+        let Some(a) = conversation.agent else {
             if starts {
-                self.touch(s, a);
+                shop.queue.add(ts);
+            }
+            return;
+        };
+        let Parts {
+            partial: p,
+            conversations,
+            mut rules,
+        } = self.parts(s, a);
+        p.mark(conversations, c, MarkTime::Counted, ts);
+        if starts {
+            p.waits.add(ts);
+            if !rules.waiting(p, false) {
+                self.defer_waiting(s, a);
             }
         }
     }
@@ -1525,42 +1677,27 @@ impl Engine {
             conversation.responded = true;
             (start, first)
         });
-        self.mark(s, c, a, MarkTime::Replied, ts);
+        // Recorded here rather than through `record`: one lookup of the
+        // partial for the mark, the wait, the sample and both rules.
+        let (day, now) = self.day_and_now(ts);
+        let Parts {
+            partial: p,
+            conversations,
+            mut rules,
+        } = self.parts(s, a);
+        p.mark(conversations, c, MarkTime::Replied, ts);
         let Some((start, first)) = answered else {
             return;
         };
-        // Recorded here rather than through `record`: one lookup of the
-        // partial for both the wait and the sample.
-        let (day, now) = self.day_and_now(ts);
-        let p = self.partial(s, a);
         p.waits.remove(start);
         let ms = (ts - start).max(0) as u64;
         let slow = ms > p.thresholds.norm_ms;
         let mark = Mark::new(ts, MarkKind::Response { first, slow }, ms);
         p.samples.record(mark, day, now);
-        self.touch(s, a);
-        self.check_slow(s, a);
-    }
-
-    /// Moves the `time` of the mark of (agent `a`, the customer of
-    /// conversation `c`) to `ts` at least; `c` is assigned to `a`. The
-    /// first time goes to the agent's table, where the conversation takes
-    /// the mark if no other holds it; later ones stay in the conversation.
-    fn mark(&mut self, s: ShopIx, c: ConvIx, a: AgentIx, time: MarkTime, ts: i64) {
-        let conversation = &mut self.shops[s as usize].conversations[c];
-        debug_assert_eq!(conversation.agent, Some(a));
-        let cu = conversation.customer;
-        if conversation.holds_mark {
-            time.advance(&mut conversation.counted, &mut conversation.replied, ts);
-            // Listed as changed for the stream.
-            self.partial(s, a);
-            return;
-        }
-        let m = self.partial(s, a).marks.entry(cu).or_default();
-        time.advance(&mut m.counted, &mut m.replied, ts);
-        if m.held_by == NO_CONVERSATION {
-            m.held_by = c;
-            self.shops[s as usize].conversations[c].holds_mark = true;
+        let settled = rules.waiting(p, false);
+        rules.slow(p);
+        if !settled {
+            self.defer_waiting(s, a);
         }
     }
 
@@ -1593,11 +1730,15 @@ impl Engine {
         if wait.is_some() {
             shop.touch_customer(cu, ts);
         }
-        let p = self.partial(s, a);
+        let Parts {
+            partial: p,
+            conversations,
+            ..
+        } = self.parts(s, a);
         p.open_conversations += 1;
         if let Some(start) = wait {
             p.waits.add(start);
-            self.mark(s, c, a, MarkTime::Counted, ts);
+            p.mark(conversations, c, MarkTime::Counted, ts);
         }
         if let Some(o) = old {
             self.mark_agent(o);
@@ -1737,56 +1878,10 @@ impl Engine {
     /// short of a reading that would raise, escalate or resolve an alert
     /// and returns false, having changed nothing.
     fn run_wait_rule(&mut self, s: ShopIx, a: AgentIx, alerts_may_move: bool) -> bool {
-        let now = self.now;
-        let Self {
-            shops, agents, alerts, ..
-        } = self;
-        let Shop {
-            id: shop_id, partials, ..
-        } = &mut shops[s as usize];
-        let Some(p) = partials.get_mut(&a) else { return true };
-        let t = p.thresholds;
-        let oldest = p.waits.oldest();
-        let age = oldest.map_or(0, |s| now.saturating_sub(s).max(0) as u64);
-        let reading = Reading::customer_waiting(age, &t);
-        if reading.moves(p.waiting_alert, &t) {
-            if !alerts_may_move {
-                return false;
-            }
-            p.waiting_alert = alerts.observe(shop_id, &agents[a as usize].id, Rule::CustomerWaiting, reading, &t, now);
+        match self.rules_at(s, a) {
+            Some((p, mut rules)) => rules.waiting(p, alerts_may_move),
+            None => true,
         }
-        let next = oldest.and_then(|start| match p.waiting_alert {
-            None => Some(start.saturating_add(t.norm_ms as i64) + 1),
-            Some(Severity::Warning) => Some(start.saturating_add(t.critical_ms as i64) + 1),
-            Some(Severity::Critical) => None,
-        });
-        // One live entry per partial; superseded entries are skipped when
-        // they come due.
-        let next = next.filter(|d| *d > now);
-        run_by(&mut p.wait_deadline, &mut self.wait_deadlines, next, s, a);
-        true
-    }
-
-    /// Re-evaluates `slow_average` for (shop, agent) over the 15m window.
-    fn check_slow(&mut self, s: ShopIx, a: AgentIx) {
-        let now = self.now;
-        let Self {
-            shops, agents, alerts, ..
-        } = self;
-        let Shop {
-            id: shop_id, partials, ..
-        } = &mut shops[s as usize];
-        let Some(p) = partials.get_mut(&a) else { return };
-        let t = p.thresholds;
-        let w = Window::Min15.rolling_ms().expect("rolling");
-        let lo = now.saturating_sub(w) + 1;
-        let (count, sum) = p.samples.responses_since(lo, t.norm_ms);
-        let reading = Reading::slow_average(count, sum, &t);
-        if reading.moves(p.slow_alert, &t) {
-            p.slow_alert = alerts.observe(shop_id, &agents[a as usize].id, Rule::SlowAverage, reading, &t, now);
-        }
-        let next = p.slow_recheck_at();
-        reschedule(&mut p.slow_deadline, &mut self.slow_deadlines, next, s, a);
     }
 
     /// The hourly clean-up, [`MAINTAIN_SHOPS_PER_TICK`] shops at a time:
