@@ -30,7 +30,7 @@ use deadlines::Deadlines;
 use dedup::{Dedup, Fingerprint, fingerprint, order_fingerprint};
 use index::IdIndex;
 use seen::Seen;
-use slab::Slab;
+use slab::{Chunks, Flat, Slab};
 use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
 
 /// Orders are credited to an agent's message at most this long before, ms.
@@ -420,7 +420,7 @@ impl Default for Marks {
 impl Marks {
     /// `counted` and `replied` in force: the later of the table's and the
     /// holding conversation's.
-    fn counted_replied(&self, conversations: &Slab<Conversation>) -> (i64, i64) {
+    fn counted_replied(&self, conversations: &Slab<Flat<Conversation>>) -> (i64, i64) {
         match conversations.get(self.held_by) {
             Some(c) if self.held_by != NO_CONVERSATION => (self.counted.max(c.counted), self.replied.max(c.replied)),
             _ => (self.counted, self.replied),
@@ -514,7 +514,7 @@ impl Partial {
     /// least. The first time goes to the partial's table, where the
     /// conversation takes the mark if no other holds it; later ones stay
     /// in the conversation.
-    fn mark(&mut self, conversations: &mut Slab<Conversation>, c: ConvIx, time: MarkTime, ts: i64) {
+    fn mark(&mut self, conversations: &mut Slab<Flat<Conversation>>, c: ConvIx, time: MarkTime, ts: i64) {
         let conversation = &mut conversations[c];
         if conversation.holds_mark {
             time.advance(&mut conversation.counted, &mut conversation.replied, ts);
@@ -549,7 +549,7 @@ impl Partial {
 struct Parts<'e> {
     partial: &'e mut Partial,
     /// The conversations of the partial's shop.
-    conversations: &'e mut Slab<Conversation>,
+    conversations: &'e mut Slab<Flat<Conversation>>,
     rules: Rules<'e>,
 }
 
@@ -623,9 +623,9 @@ struct Shop {
     /// Listed in `Engine::dirty_shop_list` since the last `take_dirty`.
     dirty: bool,
     conversation_ix: IdIndex,
-    conversations: Slab<Conversation>,
+    conversations: Slab<Flat<Conversation>>,
     customer_ix: IdIndex,
-    customers: Slab<Customer>,
+    customers: Slab<Chunks<Customer>>,
     partials: Map<AgentIx, Partial>,
     queue: Waits,
     /// Shop-level marks: silent orders.
