@@ -231,44 +231,51 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
             continue;
         }
         report_fresh_memory("before");
-        // Two desks: a fresh engine taking 2 M events (its tables grow and
-        // the kernel zeroes their new pages as it goes), and a warm one
-        // taking the next 2 M after 1 M (tables at a working size, as on a
-        // desk that has been up for a while). Each under both clocks: the
-        // event clock of `replay` (time moves and the wait rules run at
-        // every event) and the wall clock `serve` runs on (one tick per
-        // frame, the wait rules once per frame).
+        // Three desks: a fresh engine taking 2 M events (its tables grow and
+        // the kernel zeroes their new pages as it goes); a warm one taking
+        // the next 2 M after 1 M (17 minutes of the bench's event time: its
+        // tables past their first growth, its hour of marks still filling);
+        // and a steady one taking the next 2 M after 4 M (67 minutes: its
+        // windows full, marks leaving the hour as fast as they come, as on
+        // a desk that has been up through an evening). Each under both
+        // clocks: the event clock of `replay` (time moves and the wait
+        // rules run at every event) and the wall clock `serve` runs on (one
+        // tick per frame, the wait rules once per frame).
         const WARM_UP: usize = 1_000_000;
-        let events = workload(WARM_UP + 2_000_000, agents, shops, 7);
+        const STEADY: usize = 4_000_000;
+        let events = workload(STEADY + 2_000_000, agents, shops, 7);
         let first = &events[..2_000_000];
-        let warm_part = &events[WARM_UP..];
+        let desks = [
+            (None, first),
+            (Some(WARM_UP), &events[WARM_UP..][..2_000_000]),
+            (Some(STEADY), &events[STEADY..]),
+        ];
         for clock in [Clock::Event, Clock::Wall] {
             let name = match clock {
                 Clock::Event => "event clock",
                 Clock::Wall => "wall clock",
             };
             let desk = format!("{agents} agents, {shops} shops, {name}");
-            report(&desk, None, first.len(), best_of_3(|| time_apply(clock, &[], first)));
-            report(
-                &desk,
-                Some(WARM_UP),
-                warm_part.len(),
-                best_of_3(|| time_apply(clock, &events[..WARM_UP], warm_part)),
-            );
+            for (warm_up, timed) in desks {
+                let warm = &events[..warm_up.unwrap_or(0)];
+                report(
+                    &desk,
+                    warm_up,
+                    timed.len(),
+                    best_of_3(|| time_apply(clock, warm, timed)),
+                );
+            }
         }
-        // The runs above read each event from a 3 M-event vector built in
+        // The runs above read each event from a 6 M-event vector built in
         // advance, so every id's bytes are a cache miss when hashed. `serve`
         // (and `replay`) apply a frame microseconds after parsing it, its
         // events still in cache. Here each frame is cloned, untimed, just
         // before it is applied, and only the engine's calls are timed.
         let desk = format!("{agents} agents, {shops} shops, wall clock, frames in cache");
-        report(&desk, None, first.len(), best_of_3(|| time_apply_hot(&[], first)));
-        report(
-            &desk,
-            Some(WARM_UP),
-            warm_part.len(),
-            best_of_3(|| time_apply_hot(&events[..WARM_UP], warm_part)),
-        );
+        for (warm_up, timed) in desks {
+            let warm = &events[..warm_up.unwrap_or(0)];
+            report(&desk, warm_up, timed.len(), best_of_3(|| time_apply_hot(warm, timed)));
+        }
         report_fresh_memory("after");
     }
 }
