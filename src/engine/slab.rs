@@ -5,8 +5,9 @@
 //! Two ways to keep the slots. [`Flat`], one vector: one step from index
 //! to value, for conversations, which are closed and their slots reused,
 //! so the vector stops growing once a desk is busy. [`Chunks`], vectors
-//! of a fixed 64 to 128 KiB allocated once and never moved, for customers,
-//! who are kept 26 h and so grow through a big day: a growing vector is
+//! of 64 to 128 KiB, each but the first allocated at that size and never
+//! moved, for customers, who are kept 26 h and so grow through a big day:
+//! a growing vector is
 //! copied into a block twice its size, which takes fresh memory for twice
 //! what it holds, and past a few hundred KiB each block is fresh huge
 //! pages the kernel zeroes. (Chunked conversations were measured too: the
@@ -65,8 +66,11 @@ impl<T> Slots for Flat<T> {
     }
 }
 
-/// Slots in chunks of [`Chunks::LEN`], each allocated at its full size;
-/// every chunk but the last is full. Stored as one sequence, as [`Flat`].
+/// Slots in chunks of [`Chunks::LEN`]; every chunk but the last is full.
+/// The first chunk grows as a vector does, by doubling up to its full
+/// size, so a shop with a few dozen customers holds a few KiB, not a
+/// chunk; every later one is allocated at its full size and never moves.
+/// Stored as one sequence, as [`Flat`].
 #[derive(Debug, Clone)]
 pub struct Chunks<T>(Vec<Vec<Option<T>>>);
 
@@ -96,8 +100,17 @@ impl<T> Slots for Chunks<T> {
     }
 
     fn push(&mut self, value: T) -> usize {
-        if self.0.last().is_none_or(|c| c.len() == Self::LEN) {
-            self.0.push(Vec::with_capacity(Self::LEN));
+        match self.0.last_mut() {
+            Some(last) if last.len() < Self::LEN => {
+                // A first chunk (or one restored short) growing: doubled,
+                // never past a chunk.
+                if last.len() == last.capacity() {
+                    let grown = (last.len() * 2).clamp(4, Self::LEN);
+                    last.reserve_exact(grown - last.len());
+                }
+            }
+            Some(_) => self.0.push(Vec::with_capacity(Self::LEN)),
+            None => self.0.push(Vec::with_capacity(4.min(Self::LEN))),
         }
         let chunk = self.0.len() - 1;
         let last = &mut self.0[chunk];
@@ -130,9 +143,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Chunks<T> {
         let mut chunks = Vec::with_capacity(flat.len().div_ceil(Self::LEN));
         let mut slots = flat.into_iter().peekable();
         while slots.peek().is_some() {
-            let mut chunk = Vec::with_capacity(Self::LEN);
-            chunk.extend(slots.by_ref().take(Self::LEN));
-            chunks.push(chunk);
+            // Sized to what it holds; a short last chunk grows as it fills.
+            chunks.push(slots.by_ref().take(Self::LEN).collect());
         }
         Ok(Self(chunks))
     }
@@ -275,15 +287,36 @@ mod tests {
     }
 
     #[test]
-    fn a_chunked_value_never_moves_as_the_slab_grows() {
+    fn a_small_chunked_slab_holds_about_what_it_needs_and_no_chunk_passes_its_size() {
         let mut s = Slab::<Chunks<u64>>::default();
-        s.insert(7);
-        let at = std::ptr::from_ref(&s[0]).addr();
+        for v in 0..100 {
+            s.insert(v);
+        }
+        assert_eq!(s.slots.0[0].capacity(), 128);
+        for v in 0..10_000 {
+            s.insert(v);
+        }
+        assert!(s.slots.0.iter().all(|c| c.capacity() == LEN as usize));
+        let restored: Slab<Chunks<u64>> =
+            postcard::from_bytes(&postcard::to_allocvec(&s).expect("serialize")).expect("deserialize");
+        assert_eq!(
+            restored.slots.0.last().map(Vec::capacity),
+            Some(10_100 - 2 * LEN as usize)
+        );
+    }
+
+    #[test]
+    fn a_value_past_the_first_chunk_never_moves_as_the_slab_grows() {
+        let mut s = Slab::<Chunks<u64>>::default();
+        for v in 0..=LEN {
+            s.insert(u64::from(v));
+        }
+        let at = std::ptr::from_ref(&s[LEN]).addr();
         for v in 0..100_000 {
             s.insert(v);
         }
-        assert_eq!(s[0], 7);
-        assert_eq!(std::ptr::from_ref(&s[0]).addr(), at);
+        assert_eq!(s[LEN], u64::from(LEN));
+        assert_eq!(std::ptr::from_ref(&s[LEN]).addr(), at);
     }
 
     #[test]
