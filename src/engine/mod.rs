@@ -510,12 +510,13 @@ impl Partial {
     }
 
     /// Moves the `time` of this partial's mark of the customer of
-    /// conversation `c` (assigned to this partial's agent) to `ts` at
-    /// least. The first time goes to the partial's table, where the
-    /// conversation takes the mark if no other holds it; later ones stay
-    /// in the conversation.
-    fn mark(&mut self, conversations: &mut Slab<Flat<Conversation>>, c: ConvIx, time: MarkTime, ts: i64) {
+    /// conversation `c` to `ts` at least; `a` is this partial's agent, to
+    /// whom `c` is assigned. The first time goes to the partial's table,
+    /// where the conversation takes the mark if no other holds it; later
+    /// ones stay in the conversation.
+    fn mark(&mut self, conversations: &mut Slab<Flat<Conversation>>, c: ConvIx, a: AgentIx, time: MarkTime, ts: i64) {
         let conversation = &mut conversations[c];
+        debug_assert_eq!(conversation.agent, Some(a));
         if conversation.holds_mark {
             time.advance(&mut conversation.counted, &mut conversation.replied, ts);
             return;
@@ -1652,7 +1653,7 @@ impl Engine {
             conversations,
             mut rules,
         } = self.parts(s, a);
-        p.mark(conversations, c, MarkTime::Counted, ts);
+        p.mark(conversations, c, a, MarkTime::Counted, ts);
         if starts {
             p.waits.add(ts);
             if !rules.waiting(p, false) {
@@ -1685,7 +1686,7 @@ impl Engine {
             conversations,
             mut rules,
         } = self.parts(s, a);
-        p.mark(conversations, c, MarkTime::Replied, ts);
+        p.mark(conversations, c, a, MarkTime::Replied, ts);
         let Some((start, first)) = answered else {
             return;
         };
@@ -1738,7 +1739,7 @@ impl Engine {
         p.open_conversations += 1;
         if let Some(start) = wait {
             p.waits.add(start);
-            p.mark(conversations, c, MarkTime::Counted, ts);
+            p.mark(conversations, c, a, MarkTime::Counted, ts);
         }
         if let Some(o) = old {
             self.mark_agent(o);
