@@ -308,12 +308,17 @@ impl FlatSet {
         self.dir = (0..1u32 << depth).collect();
     }
 
-    /// Asks the CPU to fetch the line a probe for `fp` starts on.
+    /// Asks the CPU to fetch the line a probe for `fp` starts on, and the
+    /// line after it, where a probe often ends: most probes are for new
+    /// ids, which run to the first empty slot.
     fn prefetch(&self, fp: Fingerprint) {
         let word = split(fp);
         if let Some(s) = self.segment_of(word) {
             let segment = &self.segments[s];
-            mem_prefetch::prefetch_read_data::<_, 3>(&segment.words[segment.home(word)]);
+            let home = segment.home(word);
+            let next_line = ((home | 7) + 1) & (segment.words.len() - 1);
+            mem_prefetch::prefetch_read_data::<_, 3>(&segment.words[home]);
+            mem_prefetch::prefetch_read_data::<_, 3>(&segment.words[next_line]);
         }
     }
 }
