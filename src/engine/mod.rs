@@ -9,6 +9,7 @@ mod deadlines;
 pub mod dedup;
 pub mod desk;
 mod index;
+mod marks;
 mod seen;
 mod slab;
 pub mod window;
@@ -29,6 +30,7 @@ use day::{Calendar, Day};
 use deadlines::Deadlines;
 use dedup::{Dedup, Fingerprint, fingerprint, order_fingerprint};
 use index::IdIndex;
+use marks::{MarkTable, NO_CONVERSATION};
 use seen::Seen;
 use slab::{Chunks, Flat, Slab};
 use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
@@ -290,7 +292,7 @@ struct Conversation {
     wait_start: Option<i64>,
     responded: bool,
     /// Whether this conversation holds the mark of (its agent, its
-    /// customer): see [`Marks::held_by`].
+    /// customer): see [`marks::Marks::held_by`].
     holds_mark: bool,
     last_ts: i64,
     /// While `holds_mark`: the mark's latest `counted` and `replied`
@@ -299,6 +301,12 @@ struct Conversation {
     /// the conversation rather than probing the agent's mark table.
     counted: i64,
     replied: i64,
+    /// While `holds_mark`: the bucket of the agent's mark table the mark
+    /// was in when this conversation took it, where releasing it looks
+    /// first ([`marks::MarkTable::get_mut_at`]). 0 after a restore: a
+    /// stale bucket like any other.
+    #[serde(skip)]
+    mark_bucket: u32,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -388,47 +396,7 @@ impl RecentMessages {
     }
 }
 
-/// Latest times a customer counted for, was replied to by, and paid an
-/// agent; `i64::MIN` for never.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-struct Marks {
-    counted: i64,
-    replied: i64,
-    paid: i64,
-    /// The open conversation that holds this mark ([`NO_CONVERSATION`]:
-    /// none): it is assigned to the mark's agent, names the mark's
-    /// customer, and keeps later `counted` and `replied` times in its own
-    /// fields until it is released (agent or customer changed, closed).
-    /// A held mark is never dropped by the clean-up.
-    held_by: ConvIx,
-}
-
-/// [`Marks::held_by`] of a mark no conversation holds.
-const NO_CONVERSATION: ConvIx = ConvIx::MAX;
-
-impl Default for Marks {
-    fn default() -> Self {
-        Self {
-            counted: i64::MIN,
-            replied: i64::MIN,
-            paid: i64::MIN,
-            held_by: NO_CONVERSATION,
-        }
-    }
-}
-
-impl Marks {
-    /// `counted` and `replied` in force: the later of the table's and the
-    /// holding conversation's.
-    fn counted_replied(&self, conversations: &Slab<Flat<Conversation>>) -> (i64, i64) {
-        match conversations.get(self.held_by) {
-            Some(c) if self.held_by != NO_CONVERSATION => (self.counted.max(c.counted), self.replied.max(c.replied)),
-            _ => (self.counted, self.replied),
-        }
-    }
-}
-
-/// Which time of a [`Marks`] an event moves.
+/// Which time of a [`marks::Marks`] an event moves.
 #[derive(Debug, Clone, Copy)]
 enum MarkTime {
     Counted,
@@ -492,7 +460,7 @@ struct Partial {
     waiting_alert: Option<Severity>,
     slow_alert: Option<Severity>,
     samples: Samples,
-    marks: Map<CustIx, Marks>,
+    marks: MarkTable,
     open_conversations: u64,
     waits: Waits,
 }
@@ -521,11 +489,12 @@ impl Partial {
             time.advance(&mut conversation.counted, &mut conversation.replied, ts);
             return;
         }
-        let m = self.marks.entry(conversation.customer).or_default();
+        let (bucket, m) = self.marks.entry(conversation.customer);
         time.advance(&mut m.counted, &mut m.replied, ts);
         if m.held_by == NO_CONVERSATION {
             m.held_by = c;
             conversation.holds_mark = true;
+            conversation.mark_bucket = bucket;
         }
     }
 
@@ -538,7 +507,7 @@ impl Partial {
             waiting_alert: None,
             slow_alert: None,
             samples: Samples::default(),
-            marks: Map::default(),
+            marks: MarkTable::default(),
             open_conversations: 0,
             waits: Waits::default(),
         }
@@ -716,7 +685,7 @@ impl Shop {
         let m = self
             .partials
             .get_mut(&a)
-            .and_then(|p| p.marks.get_mut(&conversation.customer))
+            .and_then(|p| p.marks.get_mut_at(conversation.customer, conversation.mark_bucket))
             .expect("a held mark is in its agent's table");
         m.counted = m.counted.max(counted);
         m.replied = m.replied.max(replied);
@@ -1603,6 +1572,7 @@ impl Engine {
                     last_ts: ts,
                     counted: i64::MIN,
                     replied: i64::MIN,
+                    mark_bucket: 0,
                 });
                 shop.conversation_ix.insert(key, ix);
                 (ix, true)
@@ -1820,7 +1790,7 @@ impl Engine {
         // The customer leaves `customers` of every agent in the shop.
         let counted: Vec<AgentIx> = partials
             .iter()
-            .filter(|(_, p)| p.marks.contains_key(&cu))
+            .filter(|(_, p)| p.marks.contains(cu))
             .map(|(&a, _)| a)
             .collect();
         for a in changed {
@@ -1847,7 +1817,7 @@ impl Engine {
             Some((cu, a)) => {
                 self.record(s, Some(a), MarkKind::Order, amount, ts);
                 self.shops[s as usize].touch_customer(cu, ts);
-                let m = self.partial(s, a).marks.entry(cu).or_default();
+                let m = self.partial(s, a).marks.entry(cu).1;
                 m.paid = m.paid.max(ts);
             }
             None => self.record(s, None, MarkKind::SilentOrder, amount, ts),
@@ -1921,7 +1891,7 @@ impl Engine {
             }
             let shop = &mut self.shops[s as usize];
             for p in shop.partials.values_mut() {
-                p.marks.retain(|_, m| {
+                p.marks.retain(|m| {
                     m.held_by != NO_CONVERSATION || m.counted.max(m.replied).max(m.paid) > now - MARK_RETENTION_MS
                 });
                 p.samples.prune(now);
@@ -1952,7 +1922,7 @@ impl Engine {
     fn partial_acc(&self, s: &Shop, p: &Partial, window: Window, range: Range, acc: &mut WindowAcc) {
         p.samples.add_to(acc, window, range, self.today());
         let mut counts = CustomerCounts::default();
-        for (&cu, m) in &p.marks {
+        for (cu, m) in p.marks.iter() {
             if range.contains(m.paid) {
                 counts.buyers += 1;
             }
@@ -2281,15 +2251,15 @@ impl Engine {
                 assert_eq!(shop.customer_ix.get(id_key(c.id.as_str())), Some(cu));
             }
             for (&a, p) in &shop.partials {
-                for (cu, m) in &p.marks {
-                    assert!(shop.customers.get(*cu).is_some(), "a mark names a dead customer slot");
+                for (cu, m) in p.marks.iter() {
+                    assert!(shop.customers.get(cu).is_some(), "a mark names a dead customer slot");
                     if m.held_by != NO_CONVERSATION {
                         let c = shop
                             .conversations
                             .get(m.held_by)
                             .expect("a mark held by a live conversation");
                         assert!(
-                            c.holds_mark && c.agent == Some(a) && c.customer == *cu,
+                            c.holds_mark && c.agent == Some(a) && c.customer == cu,
                             "{} holds the mark",
                             c.id
                         );
@@ -2299,7 +2269,7 @@ impl Engine {
             for (ix, c) in shop.conversations.iter() {
                 if c.holds_mark {
                     let a = c.agent.expect("a conversation holding a mark is assigned");
-                    let m = shop.partials[&a].marks.get(&c.customer).expect("the held mark exists");
+                    let m = shop.partials[&a].marks.get(c.customer).expect("the held mark exists");
                     assert_eq!(m.held_by, ix, "the mark {} holds points back at it", c.id);
                 } else {
                     assert_eq!(
