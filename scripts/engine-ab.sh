@@ -13,11 +13,11 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for _ in $(seq "$rounds"); do
   for bin in "$@"; do
-    # The bench probes the host's cost of fresh memory before and after
-    # each case; it is kept as a variant of its own, so a slow round shows.
+    # The bench probes the host's cost of fresh memory before its cases
+    # (and after them); the probe before is kept as a row of its own, so a
+    # slow round shows.
     "$bin" apply-1000 --bench | grep -E '^(apply|host, before)' |
-      sed -E "s|^host, before: fresh memory ([0-9.]+) ns/byte.*|host: fresh memory, ns per byte \1|" |
-      sed "s|^.*shops, ||; s|: best of 3.*= | |; s| M events/s||; s|^|$(basename "$bin")\t|" >>"$out"
+      sed -E "s|^host, before: fresh memory ([0-9.]+) ns/byte.*|host: fresh memory, ns per byte \1|; s|^.*shops, ||; s|: best of 3.*= | |; s| M events/s||; s|^|$(basename "$bin")\t|" >>"$out"
   done
 done
 python3 - "$out" "$@" <<'PY'
