@@ -361,18 +361,22 @@ fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
 }
 
 /// The workload of `apply-1000`'s warm desk: 1 M events untimed (or
-/// `--after=N`), then 500 000 through [`counted`] under the wall clock,
-/// as `serve` runs. With `--hot`, each frame is cloned just before it is
-/// applied, outside what is counted, as in the bench's "frames in cache"
-/// runs: the event's own bytes are then in cache, as in `serve`, and do
-/// not show up as the engine's misses.
+/// `--after=N`), then 500 000 (or `--count=N`) through [`counted`] under
+/// the wall clock, as `serve` runs. With `--hot`, each frame is cloned
+/// just before it is applied, outside what is counted, as in the bench's
+/// "frames in cache" runs: the event's own bytes are then in cache, as in
+/// `serve`, and do not show up as the engine's misses.
 fn bench_count(args: &[String]) {
     let warm_up = args
         .iter()
         .find_map(|a| a.strip_prefix("--after="))
         .map_or(1_000_000, |n| n.parse().expect("--after=N takes a count of events"));
+    let count = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--count="))
+        .map_or(500_000, |n| n.parse().expect("--count=N takes a count of events"));
     let hot = args.iter().any(|a| a == "--hot");
-    let events = workload(warm_up + 500_000, 1_000, 50, 7);
+    let events = workload(warm_up + count, 1_000, 50, 7);
     let mut engine = Engine::new(Arc::new(Settings {
         clock: Clock::Wall,
         ..Settings::default()
