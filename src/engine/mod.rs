@@ -335,10 +335,21 @@ struct Customer {
 /// [`OLDER_MESSAGES_MS`] older than the newest, and past
 /// [`OLDER_AGENT_MESSAGES`] the middle of the first run of three from one
 /// agent (or else the oldest).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+///
+/// The ring holds each time as a 32-bit offset from `base`, the oldest
+/// time it holds: 24 bytes less per customer, and every customer of the
+/// day is fresh memory. A message more than [`RING_SPAN_MS`] (49 days)
+/// older than the newest is forgotten, as `older` would have forgotten it
+/// long before. Stored in the snapshot as absolute times
+/// ([`RecentMessagesLayout`]), the bytes the ring of `i64` times wrote.
+#[derive(Debug, Clone, Default)]
 struct RecentMessages {
     agents: [AgentIx; RECENT_AGENT_MESSAGES],
-    ts: [i64; RECENT_AGENT_MESSAGES],
+    /// Each message's `ts - base`, ms; [`FORGOTTEN`] for one forgotten.
+    offsets: [u32; RECENT_AGENT_MESSAGES],
+    /// No later than any time the ring holds, at most [`RING_SPAN_MS`]
+    /// before the newest.
+    base: i64,
     len: u8,
     next: u8,
     /// Messages pushed out of the ring, in the order they were pushed.
@@ -349,16 +360,55 @@ struct RecentMessages {
     older: Option<Box<Vec<(AgentIx, i64)>>>,
 }
 
+/// The offset of a ring message that is forgotten: it is skipped, as if gone.
+const FORGOTTEN: u32 = u32::MAX;
+/// The longest a ring message is held behind the newest, ms (49.7 days).
+const RING_SPAN_MS: i64 = FORGOTTEN as i64 - 1;
+
 impl RecentMessages {
     fn push(&mut self, agent: AgentIx, ts: i64) {
         let i = usize::from(self.next);
-        if usize::from(self.len) == RECENT_AGENT_MESSAGES {
-            self.push_older(self.agents[i], self.ts[i], ts);
+        if usize::from(self.len) == RECENT_AGENT_MESSAGES
+            && let Some(at) = self.time(i)
+        {
+            self.push_older(self.agents[i], at, ts);
+        }
+        if self.len == 0 {
+            self.base = ts;
         }
         self.agents[i] = agent;
-        self.ts[i] = ts;
+        self.offsets[i] = match ts.checked_sub(self.base).map(u32::try_from) {
+            Some(Ok(offset)) if offset != FORGOTTEN => offset,
+            // Before `base`, or past the span from it: seldom.
+            _ => self.rebase(i, ts),
+        };
         self.next = ((i + 1) % RECENT_AGENT_MESSAGES) as u8;
         self.len = (usize::from(self.len) + 1).min(RECENT_AGENT_MESSAGES) as u8;
+    }
+
+    /// Moves `base` so that it holds `ts`, to be written into slot `i`,
+    /// forgetting what falls more than [`RING_SPAN_MS`] behind the newest
+    /// (`ts` itself, if it does); returns the offset of `ts`.
+    fn rebase(&mut self, i: usize, ts: i64) -> u32 {
+        let filled = usize::from(self.len);
+        let mut times = [None; RECENT_AGENT_MESSAGES];
+        for (k, t) in times.iter_mut().enumerate().take(filled) {
+            *t = if k == i { None } else { self.time(k) };
+        }
+        let newest = times.iter().flatten().fold(ts, |a, &t| a.max(t));
+        let kept = |t: &i64| newest - t <= RING_SPAN_MS;
+        let base = times.iter().flatten().chain([&ts]).copied().filter(kept).min();
+        self.base = base.expect("the newest is kept");
+        for (offset, t) in self.offsets.iter_mut().zip(times).take(filled) {
+            *offset = t.filter(kept).map_or(FORGOTTEN, |t| (t - self.base) as u32);
+        }
+        if kept(&ts) { (ts - self.base) as u32 } else { FORGOTTEN }
+    }
+
+    /// The time of ring slot `i`, unless it is forgotten.
+    fn time(&self, i: usize) -> Option<i64> {
+        let offset = self.offsets[i];
+        (offset != FORGOTTEN).then(|| self.base + i64::from(offset))
     }
 
     /// Keeps `(agent, at)`, pushed out of the ring by a message at `now`,
@@ -389,10 +439,70 @@ impl RecentMessages {
         let n = RECENT_AGENT_MESSAGES;
         let start = (usize::from(self.next) + n - usize::from(self.len)) % n;
         let older = self.older.as_deref().map_or(&[][..], Vec::as_slice);
-        older.iter().copied().chain((0..usize::from(self.len)).map(move |k| {
-            let i = (start + k) % n;
-            (self.agents[i], self.ts[i])
-        }))
+        older
+            .iter()
+            .copied()
+            .chain((0..usize::from(self.len)).filter_map(move |k| {
+                let i = (start + k) % n;
+                Some((self.agents[i], self.time(i)?))
+            }))
+    }
+}
+
+/// [`RecentMessages`] as snapshots hold it: absolute times, 0 in a slot
+/// never written (and, for a forgotten message, a time more than
+/// [`RING_SPAN_MS`] behind the newest).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RecentMessagesLayout {
+    agents: [AgentIx; RECENT_AGENT_MESSAGES],
+    ts: [i64; RECENT_AGENT_MESSAGES],
+    len: u8,
+    next: u8,
+    #[expect(clippy::box_collection, reason = "the type `RecentMessages` holds")]
+    older: Option<Box<Vec<(AgentIx, i64)>>>,
+}
+
+impl serde::Serialize for RecentMessages {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let filled = usize::from(self.len);
+        let newest = (0..filled).filter_map(|i| self.time(i)).max().unwrap_or(self.base);
+        let mut ts = [0i64; RECENT_AGENT_MESSAGES];
+        for (i, t) in ts.iter_mut().enumerate().take(filled) {
+            *t = self.time(i).unwrap_or(newest - RING_SPAN_MS - 1);
+        }
+        // The fields of `RecentMessagesLayout`, in its order, without
+        // cloning `older`.
+        let mut s = serializer.serialize_struct("RecentMessagesLayout", 5)?;
+        s.serialize_field("agents", &self.agents)?;
+        s.serialize_field("ts", &ts)?;
+        s.serialize_field("len", &self.len)?;
+        s.serialize_field("next", &self.next)?;
+        s.serialize_field("older", &self.older)?;
+        s.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RecentMessages {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let l = RecentMessagesLayout::deserialize(deserializer)?;
+        let len = usize::from(l.len).min(RECENT_AGENT_MESSAGES);
+        let times = &l.ts[..len];
+        let newest = times.iter().copied().max().unwrap_or(0);
+        let kept = |t: &&i64| newest - **t <= RING_SPAN_MS;
+        let base = times.iter().filter(kept).copied().min().unwrap_or(0);
+        let mut offsets = [0u32; RECENT_AGENT_MESSAGES];
+        for (offset, t) in offsets.iter_mut().zip(times) {
+            *offset = if kept(&t) { (t - base) as u32 } else { FORGOTTEN };
+        }
+        Ok(Self {
+            agents: l.agents,
+            offsets,
+            base,
+            len: len as u8,
+            next: l.next % RECENT_AGENT_MESSAGES as u8,
+            older: l.older,
+        })
     }
 }
 

@@ -514,6 +514,63 @@ fn agent_messages_beyond_the_inline_ones_are_bounded_by_age_and_count() {
 }
 
 #[test]
+fn the_message_ring_holds_ages_and_snapshots_absolute_times() {
+    use super::{Customer, RECENT_AGENT_MESSAGES, RecentMessages, RecentMessagesLayout};
+    // 32-bit ages instead of 64-bit times: 24 bytes less per customer.
+    assert_eq!(std::mem::size_of::<Customer>(), 120);
+    // Out of order, a late one among them, and more than the ring holds.
+    let times = [5_000, 3_000, 9_000, 1_000, 9_000, 20_000, 7_000, 30_000, 25_000, 40_000];
+    let mut m = RecentMessages::default();
+    for (k, t) in times.iter().enumerate() {
+        m.push(k as u32 % 3, T0 + t);
+    }
+    let held: Vec<(u32, i64)> = m.iter().collect();
+    let pushed: Vec<(u32, i64)> = times.iter().enumerate().map(|(k, t)| (k as u32 % 3, T0 + t)).collect();
+    assert_eq!(held, pushed);
+    // The snapshot holds the times themselves, in the ring's slots, 0 in
+    // one never written: the bytes of a ring of `i64` times.
+    let mut short = RecentMessages::default();
+    short.push(4, T0 + 60_000);
+    short.push(5, T0 + 1_000);
+    let mut ts = [0; RECENT_AGENT_MESSAGES];
+    ts[..2].copy_from_slice(&[T0 + 60_000, T0 + 1_000]);
+    let layout = RecentMessagesLayout {
+        agents: [4, 5, 0, 0, 0, 0, 0, 0],
+        ts,
+        len: 2,
+        next: 2,
+        older: None,
+    };
+    let bytes = postcard::to_stdvec(&short).unwrap();
+    assert_eq!(bytes, postcard::to_stdvec(&layout).unwrap());
+    let back: RecentMessages = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back.iter().collect::<Vec<_>>(), short.iter().collect::<Vec<_>>());
+    let bytes = postcard::to_stdvec(&m).unwrap();
+    let back: RecentMessages = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back.iter().collect::<Vec<_>>(), held);
+    assert_eq!(postcard::to_stdvec(&back).unwrap(), bytes);
+}
+
+#[test]
+fn a_ring_message_49_days_older_than_the_newest_is_forgotten() {
+    use super::{RING_SPAN_MS, RecentMessages};
+    let mut m = RecentMessages::default();
+    m.push(1, T0);
+    m.push(2, T0 + RING_SPAN_MS);
+    assert_eq!(m.iter().collect::<Vec<_>>(), [(1, T0), (2, T0 + RING_SPAN_MS)]);
+    m.push(3, T0 + RING_SPAN_MS + 1);
+    assert_eq!(
+        m.iter().collect::<Vec<_>>(),
+        [(2, T0 + RING_SPAN_MS), (3, T0 + RING_SPAN_MS + 1)]
+    );
+    // A late message that old is forgotten at once; and through a snapshot.
+    m.push(4, T0 - 1);
+    assert_eq!(m.iter().count(), 2);
+    let back: RecentMessages = postcard::from_bytes(&postcard::to_stdvec(&m).unwrap()).unwrap();
+    assert_eq!(back.iter().collect::<Vec<_>>(), m.iter().collect::<Vec<_>>());
+}
+
+#[test]
 fn a_streak_longer_than_a_day_still_credits_within_24h() {
     // One agent writes every 6 hours from 10:00 one day to 16:00 the next,
     // then at 17:30; an order paid at 17:00 is reported after that, 31 h
