@@ -337,7 +337,7 @@ struct Customer {
 /// agent (or else the oldest).
 ///
 /// The ring holds each time as a 32-bit offset from `base`, the oldest
-/// time it holds: 24 bytes less per customer, and every customer of the
+/// time it holds ([`placed`]): 24 bytes less per customer, and every customer of the
 /// day is fresh memory. A message more than [`RING_SPAN_MS`] (49 days)
 /// older than the newest is forgotten, as `older` would have forgotten it
 /// long before. Stored in the snapshot as absolute times
@@ -365,6 +365,20 @@ const FORGOTTEN: u32 = u32::MAX;
 /// The longest a ring message is held behind the newest, ms (49.7 days).
 const RING_SPAN_MS: i64 = FORGOTTEN as i64 - 1;
 
+/// The `base` and offsets of a ring holding `times` (`None`: forgotten):
+/// `base` is the oldest time within [`RING_SPAN_MS`] of the newest, and
+/// every time further behind is forgotten.
+fn placed(times: &[Option<i64>]) -> (i64, [u32; RECENT_AGENT_MESSAGES]) {
+    let newest = times.iter().flatten().copied().max();
+    let kept = |t: &i64| newest.is_some_and(|n| n - t <= RING_SPAN_MS);
+    let base = times.iter().flatten().copied().filter(kept).min().unwrap_or(0);
+    let mut offsets = [FORGOTTEN; RECENT_AGENT_MESSAGES];
+    for (offset, t) in offsets.iter_mut().zip(times) {
+        *offset = t.filter(kept).map_or(FORGOTTEN, |t| (t - base) as u32);
+    }
+    (base, offsets)
+}
+
 impl RecentMessages {
     fn push(&mut self, agent: AgentIx, ts: i64) {
         let i = usize::from(self.next);
@@ -390,19 +404,15 @@ impl RecentMessages {
     /// forgetting what falls more than [`RING_SPAN_MS`] behind the newest
     /// (`ts` itself, if it does); returns the offset of `ts`.
     fn rebase(&mut self, i: usize, ts: i64) -> u32 {
-        let filled = usize::from(self.len);
+        let slots = usize::from(self.len).max(i + 1);
         let mut times = [None; RECENT_AGENT_MESSAGES];
-        for (k, t) in times.iter_mut().enumerate().take(filled) {
-            *t = if k == i { None } else { self.time(k) };
+        for (k, t) in times.iter_mut().enumerate().take(slots) {
+            *t = if k == i { Some(ts) } else { self.time(k) };
         }
-        let newest = times.iter().flatten().fold(ts, |a, &t| a.max(t));
-        let kept = |t: &i64| newest - t <= RING_SPAN_MS;
-        let base = times.iter().flatten().chain([&ts]).copied().filter(kept).min();
-        self.base = base.expect("the newest is kept");
-        for (offset, t) in self.offsets.iter_mut().zip(times).take(filled) {
-            *offset = t.filter(kept).map_or(FORGOTTEN, |t| (t - self.base) as u32);
-        }
-        if kept(&ts) { (ts - self.base) as u32 } else { FORGOTTEN }
+        let (base, offsets) = placed(&times[..slots]);
+        self.base = base;
+        self.offsets[..slots].copy_from_slice(&offsets[..slots]);
+        offsets[i]
     }
 
     /// The time of ring slot `i`, unless it is forgotten.
@@ -487,14 +497,11 @@ impl<'de> serde::Deserialize<'de> for RecentMessages {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let l = RecentMessagesLayout::deserialize(deserializer)?;
         let len = usize::from(l.len).min(RECENT_AGENT_MESSAGES);
-        let times = &l.ts[..len];
-        let newest = times.iter().copied().max().unwrap_or(0);
-        let kept = |t: &&i64| newest - **t <= RING_SPAN_MS;
-        let base = times.iter().filter(kept).copied().min().unwrap_or(0);
-        let mut offsets = [0u32; RECENT_AGENT_MESSAGES];
-        for (offset, t) in offsets.iter_mut().zip(times) {
-            *offset = if kept(&t) { (t - base) as u32 } else { FORGOTTEN };
+        let mut times = [None; RECENT_AGENT_MESSAGES];
+        for (t, &at) in times.iter_mut().zip(&l.ts[..len]) {
+            *t = Some(at);
         }
+        let (base, offsets) = placed(&times[..len]);
         Ok(Self {
             agents: l.agents,
             offsets,

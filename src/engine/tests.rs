@@ -514,9 +514,9 @@ fn agent_messages_beyond_the_inline_ones_are_bounded_by_age_and_count() {
 }
 
 #[test]
-fn the_message_ring_holds_ages_and_snapshots_absolute_times() {
+fn the_message_ring_holds_offsets_and_snapshots_absolute_times() {
     use super::{Customer, RECENT_AGENT_MESSAGES, RecentMessages, RecentMessagesLayout};
-    // 32-bit ages instead of 64-bit times: 24 bytes less per customer.
+    // 32-bit offsets instead of 64-bit times: 24 bytes less per customer.
     assert_eq!(std::mem::size_of::<Customer>(), 120);
     // Out of order, a late one among them, and more than the ring holds.
     let times = [5_000, 3_000, 9_000, 1_000, 9_000, 20_000, 7_000, 30_000, 25_000, 40_000];
