@@ -2,11 +2,12 @@
 //! raise / escalate / ack / resolve changes out. At most one active alert
 //! per (agent, shop, rule); severity only goes up until the alert resolves.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hasher;
 
 use serde::{Deserialize, Serialize};
 
+use super::Map;
 use crate::protocol::{AgentId, ShopId};
 
 /// Alert thresholds of one (agent, shop), ms.
@@ -160,11 +161,15 @@ impl Reading {
 }
 
 /// Every alert of a partition: the active ones by key, and a day of history.
+/// The maps hash with foldhash, not SipHash: in an alert storm on a desk
+/// of 20 000 agents one event in five raises or resolves an alert, and
+/// each does three or four lookups here. Their serialized form is the same
+/// map either way.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AlertBook {
-    by_id: HashMap<String, Alert>,
-    active: HashMap<(ShopId, AgentId, Rule), String>,
-    raised_per_key: HashMap<(ShopId, AgentId, Rule), u64>,
+    by_id: Map<String, Alert>,
+    active: Map<(ShopId, AgentId, Rule), String>,
+    raised_per_key: Map<(ShopId, AgentId, Rule), u64>,
     history: VecDeque<(i64, String)>,
     changes: Vec<AlertChange>,
 }
@@ -185,62 +190,68 @@ impl AlertBook {
     ) -> Option<Severity> {
         let key = (shop.clone(), agent.clone(), rule);
         let critical = reading.value_ms > t.critical_ms;
-        match self.active.get(&key).cloned() {
-            None if reading.raise => {
-                let n = self.raised_per_key.entry(key.clone()).or_insert(0);
-                *n += 1;
-                let id = alert_id(shop, agent, rule, *n);
-                let alert = Alert {
-                    id: id.clone(),
-                    rule,
-                    agent: agent.clone(),
-                    shop: shop.clone(),
-                    severity: if critical {
-                        Severity::Critical
-                    } else {
-                        Severity::Warning
-                    },
-                    value_ms: reading.value_ms,
-                    raised_at: now,
-                    resolved_at: None,
-                    acked_by: None,
-                    acked_at: None,
-                };
-                self.active.insert(key, id.clone());
-                self.history.push_back((now, id.clone()));
-                self.by_id.insert(id, alert.clone());
-                let severity = alert.severity;
-                self.changes.push(AlertChange {
-                    event: Transition::Raised,
-                    alert,
-                });
-                Some(severity)
+        let Some(id) = self.active.get(&key) else {
+            if !reading.raise {
+                return None;
             }
-            None => None,
-            Some(id) => {
-                let alert = self.by_id.get_mut(&id).expect("active ids are in by_id");
-                if reading.resolve {
-                    alert.resolved_at = Some(now);
-                    let alert = alert.clone();
-                    self.active.remove(&key);
-                    self.changes.push(AlertChange {
-                        event: Transition::Resolved,
-                        alert,
-                    });
-                    None
-                } else if critical && alert.severity == Severity::Warning {
-                    alert.severity = Severity::Critical;
-                    alert.value_ms = reading.value_ms;
-                    let alert = alert.clone();
-                    self.changes.push(AlertChange {
-                        event: Transition::Escalated,
-                        alert,
-                    });
-                    Some(Severity::Critical)
-                } else {
-                    Some(alert.severity)
+            let n = match self.raised_per_key.get_mut(&key) {
+                Some(n) => {
+                    *n += 1;
+                    *n
                 }
-            }
+                None => {
+                    self.raised_per_key.insert(key.clone(), 1);
+                    1
+                }
+            };
+            let id = alert_id(shop, agent, rule, n);
+            let alert = Alert {
+                id: id.clone(),
+                rule,
+                agent: agent.clone(),
+                shop: shop.clone(),
+                severity: if critical {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                },
+                value_ms: reading.value_ms,
+                raised_at: now,
+                resolved_at: None,
+                acked_by: None,
+                acked_at: None,
+            };
+            let severity = alert.severity;
+            self.active.insert(key, id.clone());
+            self.history.push_back((now, id.clone()));
+            self.by_id.insert(id, alert.clone());
+            self.changes.push(AlertChange {
+                event: Transition::Raised,
+                alert,
+            });
+            return Some(severity);
+        };
+        let alert = self.by_id.get_mut(id).expect("active ids are in by_id");
+        if reading.resolve {
+            alert.resolved_at = Some(now);
+            let alert = alert.clone();
+            self.active.remove(&key);
+            self.changes.push(AlertChange {
+                event: Transition::Resolved,
+                alert,
+            });
+            None
+        } else if critical && alert.severity == Severity::Warning {
+            alert.severity = Severity::Critical;
+            alert.value_ms = reading.value_ms;
+            let alert = alert.clone();
+            self.changes.push(AlertChange {
+                event: Transition::Escalated,
+                alert,
+            });
+            Some(Severity::Critical)
+        } else {
+            Some(alert.severity)
         }
     }
 
