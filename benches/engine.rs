@@ -4,8 +4,8 @@
 //! release binary.
 //!
 //! Run: `cargo bench --bench engine` (add `-- apply`, `-- memory`,
-//! `-- snapshot` or `-- replay` to run one part; `-- apply-1000` or `-- apply-20000` for one
-//! desk size). Results go into BENCHMARKS.md by hand.
+//! `-- snapshot` or `-- replay` to run one part; `-- apply-1000`,
+//! `-- apply-20000` or `-- apply-paced-20000` for one desk). Results go into BENCHMARKS.md by hand.
 //!
 //! `-- count` is not a timing: it applies 500 000 events of the 1 000-agent
 //! desk, after 1 M untimed, inside [`counted`], for a count of
@@ -45,10 +45,19 @@ const START: i64 = 1_762_790_400_000;
 
 /// A chat-desk day: customers open conversations, agents answer after a
 /// few to a hundred seconds, some auto-replies, transfers, orders, closes.
-fn workload(n_events: usize, agents: u64, shops: u64, seed: u64) -> Vec<Event> {
+///
+/// Event time runs at ~1 000 events a second times `pace`. At pace 1 a
+/// desk of 1 000 agents with its 4 000 open conversations sees each
+/// conversation every ~4 s; one of 20 000 agents sees each of its 80 000
+/// every ~80 s, so nearly every customer waits past the `customer_waiting`
+/// norm: an alert storm. Pace 20 gives the 20 000-agent desk the 1 000's
+/// traffic per agent. The pace changes only the times, not the events.
+fn workload(n_events: usize, agents: u64, shops: u64, pace: u64, seed: u64) -> Vec<Event> {
     let mut rng = Rng(seed);
     let mut out = Vec::with_capacity(n_events);
     let mut ts = START;
+    // Event time in 1/pace ms since START.
+    let mut steps = 0u64;
     let mut id = 0u64;
     // Open conversations: (shop, conversation, customer, agent, waiting).
     let mut open: Vec<(u64, u64, u64, u64, bool)> = Vec::new();
@@ -74,7 +83,8 @@ fn workload(n_events: usize, agents: u64, shops: u64, seed: u64) -> Vec<Event> {
         );
     }
     while out.len() < n_events {
-        ts += rng.below(3) as i64;
+        steps += rng.below(3);
+        ts = START + (steps / pace) as i64;
         let roll = rng.below(100);
         if open.len() < (agents * 4) as usize && (roll < 12 || open.is_empty()) {
             let shop = rng.below(shops);
@@ -226,8 +236,16 @@ fn fresh_memory_child() {
 }
 
 fn bench_apply(want: impl Fn(&str) -> bool) {
-    for (agents, shops) in [(1_000u64, 50u64), (20_000, 500)] {
-        if !want(&format!("apply-{agents}")) {
+    // The 20 000-agent desk twice: at the bench's usual pace, an alert
+    // storm (see [`workload`]); and paced to the 1 000-agent desk's traffic
+    // per agent, where 4 M events are 3.4 minutes of event time, not 67,
+    // so its hour of marks is far from full.
+    for (case, agents, shops, pace) in [
+        ("apply-1000", 1_000u64, 50u64, 1u64),
+        ("apply-20000", 20_000, 500, 1),
+        ("apply-paced-20000", 20_000, 500, 20),
+    ] {
+        if !want(case) {
             continue;
         }
         report_fresh_memory("before");
@@ -243,7 +261,7 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
         // tick per frame, the wait rules once per frame).
         const WARM_UP: usize = 1_000_000;
         const STEADY: usize = 4_000_000;
-        let events = workload(STEADY + 2_000_000, agents, shops, 7);
+        let events = workload(STEADY + 2_000_000, agents, shops, pace, 7);
         let first = &events[..2_000_000];
         let desks = [
             (None, first),
@@ -255,7 +273,7 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
                 Clock::Event => "event clock",
                 Clock::Wall => "wall clock",
             };
-            let desk = format!("{agents} agents, {shops} shops, {name}");
+            let desk = format!("{agents} agents, {shops} shops, {}{name}", paced(pace));
             for (warm_up, timed) in desks {
                 let warm = &events[..warm_up.unwrap_or(0)];
                 report(
@@ -271,12 +289,24 @@ fn bench_apply(want: impl Fn(&str) -> bool) {
         // (and `replay`) apply a frame microseconds after parsing it, its
         // events still in cache. Here each frame is cloned, untimed, just
         // before it is applied, and only the engine's calls are timed.
-        let desk = format!("{agents} agents, {shops} shops, wall clock, frames in cache");
+        let desk = format!(
+            "{agents} agents, {shops} shops, {}wall clock, frames in cache",
+            paced(pace)
+        );
         for (warm_up, timed) in desks {
             let warm = &events[..warm_up.unwrap_or(0)];
             report(&desk, warm_up, timed.len(), best_of_3(|| time_apply_hot(warm, timed)));
         }
         report_fresh_memory("after");
+    }
+}
+
+/// How a desk's label names its pace: nothing at the usual pace.
+fn paced(pace: u64) -> String {
+    if pace == 1 {
+        String::new()
+    } else {
+        format!("paced x{pace}, ")
     }
 }
 
@@ -346,6 +376,9 @@ fn apply_frames(engine: &mut Engine, events: &[Event]) {
     }
 }
 
+/// Alert changes [`apply_frame`] has drained, for `count` to report.
+static ALERT_CHANGES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The `i`-th frame of [`apply_frames`].
 fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
     if engine.settings().clock == Clock::Wall
@@ -355,15 +388,17 @@ fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
     }
     drop(engine.apply_batch(frame));
     if i % 40 == 39 {
-        drop(engine.take_alert_changes());
+        ALERT_CHANGES.fetch_add(engine.take_alert_changes().len(), std::sync::atomic::Ordering::Relaxed);
         drop(engine.take_dirty());
     }
 }
 
 /// The workload of `apply-1000`'s warm desk: 1 M events untimed (or
 /// `--after=N`), then 500 000 (or `--count=N`) through [`counted`] under
-/// the wall clock, as `serve` runs. With `--hot`, each frame is cloned
-/// just before it is applied, outside what is counted, as in the bench's
+/// the wall clock, as `serve` runs. `--agents=20000` profiles the desk of
+/// `apply-20000` instead (one shop per 40 agents), and with `--pace=20`
+/// that of `apply-paced-20000`. With `--hot`, each frame is cloned just
+/// before it is applied, outside what is counted, as in the bench's
 /// "frames in cache" runs: the event's own bytes are then in cache, as in
 /// `serve`, and do not show up as the engine's misses.
 fn bench_count(args: &[String]) {
@@ -375,13 +410,22 @@ fn bench_count(args: &[String]) {
         .iter()
         .find_map(|a| a.strip_prefix("--count="))
         .map_or(500_000, |n| n.parse().expect("--count=N takes a count of events"));
+    let agents = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--agents="))
+        .map_or(1_000, |n| n.parse().expect("--agents=N takes a count of agents"));
+    let shops = (agents / 40).max(1);
+    let pace = args.iter().find_map(|a| a.strip_prefix("--pace=")).map_or(1, |n| {
+        n.parse().expect("--pace=N takes a whole multiple of the usual pace")
+    });
     let hot = args.iter().any(|a| a == "--hot");
-    let events = workload(warm_up + count, 1_000, 50, 7);
+    let events = workload(warm_up + count, agents, shops, pace, 7);
     let mut engine = Engine::new(Arc::new(Settings {
         clock: Clock::Wall,
         ..Settings::default()
     }));
     apply_frames(&mut engine, &events[..warm_up]);
+    let changes_before = ALERT_CHANGES.load(std::sync::atomic::Ordering::Relaxed);
     if hot {
         for (i, frame) in events[warm_up..].chunks(100).enumerate() {
             let fresh: Vec<Event> = frame.to_vec();
@@ -390,7 +434,11 @@ fn bench_count(args: &[String]) {
     } else {
         counted(&mut engine, &events[warm_up..]);
     }
-    println!("count: applied {} events in `counted`", events.len() - warm_up);
+    println!(
+        "count: applied {} events in `counted`; {} alert changes drained meanwhile",
+        events.len() - warm_up,
+        ALERT_CHANGES.load(std::sync::atomic::Ordering::Relaxed) - changes_before
+    );
 }
 
 /// The part of [`bench_count`] a profiler counts (`--toggle-collect`).
@@ -616,7 +664,7 @@ fn memory_conversations() {
 /// run memory an earlier one freed, where a server's snapshot, a million
 /// events after the last, mostly gets fresh pages.
 fn bench_snapshot() {
-    let events = workload(3_000_000, 1_000, 50, 7);
+    let events = workload(3_000_000, 1_000, 50, 1, 7);
     let mut engine = Engine::new(settings());
     apply_frames(&mut engine, &events);
     let ms = |run: &mut dyn FnMut() -> f64| {
@@ -657,7 +705,7 @@ fn bench_snapshot() {
 
 fn bench_replay() {
     let path = std::env::temp_dir().join("deskpulse-bench-1m.ndjson");
-    let events = workload(1_000_000, 2_000, 100, 11);
+    let events = workload(1_000_000, 2_000, 100, 1, 11);
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("temp file"));
         for e in &events {

@@ -6,6 +6,7 @@
 #   cargo bench --bench engine --no-run      # prints the binary's path
 #   cp target/release/deps/engine-<hash> /tmp/engine-new   # and likewise an older build
 #   scripts/engine-ab.sh 3 /tmp/engine-old /tmp/engine-new
+#   CASE=apply-20000 scripts/engine-ab.sh 3 ...   # the 20 000-agent desk
 set -euo pipefail
 rounds=$1
 shift
@@ -16,7 +17,7 @@ for _ in $(seq "$rounds"); do
     # The bench probes the host's cost of fresh memory before its cases
     # (and after them); the probe before is kept as a row of its own, so a
     # slow round shows.
-    "$bin" apply-1000 --bench | grep -E '^(apply|host, before)' |
+    "$bin" "${CASE:-apply-1000}" --bench | grep -E '^(apply|host, before)' |
       sed -E "s|^host, before: fresh memory ([0-9.]+) ns/byte.*|host: fresh memory, ns per byte \1|; s|^.*shops, ||; s|: best of 3.*= | |; s| M events/s||; s|^|$(basename "$bin")\t|" >>"$out"
   done
 done
