@@ -15,6 +15,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use deskpulse::engine::{Clock, Engine, Settings};
@@ -377,7 +378,7 @@ fn apply_frames(engine: &mut Engine, events: &[Event]) {
 }
 
 /// Alert changes [`apply_frame`] has drained, for `count` to report.
-static ALERT_CHANGES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static ALERT_CHANGES: AtomicUsize = AtomicUsize::new(0);
 
 /// The `i`-th frame of [`apply_frames`].
 fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
@@ -388,7 +389,7 @@ fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
     }
     drop(engine.apply_batch(frame));
     if i % 40 == 39 {
-        ALERT_CHANGES.fetch_add(engine.take_alert_changes().len(), std::sync::atomic::Ordering::Relaxed);
+        ALERT_CHANGES.fetch_add(engine.take_alert_changes().len(), Ordering::Relaxed);
         drop(engine.take_dirty());
     }
 }
@@ -402,22 +403,11 @@ fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
 /// "frames in cache" runs: the event's own bytes are then in cache, as in
 /// `serve`, and do not show up as the engine's misses.
 fn bench_count(args: &[String]) {
-    let warm_up = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--after="))
-        .map_or(1_000_000, |n| n.parse().expect("--after=N takes a count of events"));
-    let count = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--count="))
-        .map_or(500_000, |n| n.parse().expect("--count=N takes a count of events"));
-    let agents = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--agents="))
-        .map_or(1_000, |n| n.parse().expect("--agents=N takes a count of agents"));
+    let warm_up = flag(args, "--after=", 1_000_000, "--after=N takes a count of events");
+    let count = flag(args, "--count=", 500_000, "--count=N takes a count of events");
+    let agents = flag(args, "--agents=", 1_000, "--agents=N takes a count of agents");
     let shops = (agents / 40).max(1);
-    let pace = args.iter().find_map(|a| a.strip_prefix("--pace=")).map_or(1, |n| {
-        n.parse().expect("--pace=N takes a whole multiple of the usual pace")
-    });
+    let pace = flag(args, "--pace=", 1, "--pace=N takes a whole multiple of the usual pace");
     let hot = args.iter().any(|a| a == "--hot");
     let events = workload(warm_up + count, agents, shops, pace, 7);
     let mut engine = Engine::new(Arc::new(Settings {
@@ -425,7 +415,7 @@ fn bench_count(args: &[String]) {
         ..Settings::default()
     }));
     apply_frames(&mut engine, &events[..warm_up]);
-    let changes_before = ALERT_CHANGES.load(std::sync::atomic::Ordering::Relaxed);
+    let changes_before = ALERT_CHANGES.load(Ordering::Relaxed);
     if hot {
         for (i, frame) in events[warm_up..].chunks(100).enumerate() {
             let fresh: Vec<Event> = frame.to_vec();
@@ -437,8 +427,16 @@ fn bench_count(args: &[String]) {
     println!(
         "count: applied {} events in `counted`; {} alert changes drained meanwhile",
         events.len() - warm_up,
-        ALERT_CHANGES.load(std::sync::atomic::Ordering::Relaxed) - changes_before
+        ALERT_CHANGES.load(Ordering::Relaxed) - changes_before
     );
+}
+
+/// The number after `prefix` among `args` (`--count=5` for `--count=`), or
+/// `default` when none names it.
+fn flag<T: std::str::FromStr>(args: &[String], prefix: &str, default: T, what: &str) -> T {
+    args.iter()
+        .find_map(|a| a.strip_prefix(prefix))
+        .map_or(default, |n| n.parse().unwrap_or_else(|_| panic!("{what}")))
 }
 
 /// The part of [`bench_count`] a profiler counts (`--toggle-collect`).
