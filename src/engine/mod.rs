@@ -822,6 +822,11 @@ impl Shop {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct AgentInfo {
     id: AgentId,
+    /// [`halves`] of `id_key(id)`, so an event naming the agent of its
+    /// conversation is matched by comparing keys, not by reading the id's
+    /// string from its own allocation; rebuilt on restore.
+    #[serde(skip)]
+    key: [u64; 2],
     status: Option<AgentStatus>,
     /// Listed in `Engine::dirty_agents` since the last `take_dirty`.
     dirty: bool,
@@ -1009,9 +1014,12 @@ pub const PARTIAL_AHEAD: usize = 2;
 struct Ahead {
     dedup: Fingerprint,
     shop_key: IdKey,
-    /// [`id_key`]s of the conversation and the customer the event names.
+    /// [`id_key`]s of the conversation, the customer and the agent the
+    /// event names (`from_agent` is hashed when it is applied: transfers
+    /// are few).
     conversation: Option<IdKey>,
     customer: Option<IdKey>,
+    agent: Option<IdKey>,
     /// The shop, if it existed at the look-ahead (shops are never removed,
     /// so it still does when the event is applied).
     shop: Option<ShopIx>,
@@ -1024,25 +1032,39 @@ struct Ahead {
 impl Ahead {
     fn of(event: &Event) -> Self {
         let key = |id: &str| Some(id_key(id));
-        let (conversation, customer) = match &event.kind {
+        let (conversation, customer, agent) = match &event.kind {
             EventKind::CustomerMessage {
-                conversation, customer, ..
-            }
-            | EventKind::AgentMessage {
-                conversation, customer, ..
+                conversation,
+                customer,
+                agent,
+            } => (
+                key(conversation.as_str()),
+                key(customer.as_str()),
+                agent.as_ref().and_then(|a| key(a.as_str())),
+            ),
+            EventKind::AgentMessage {
+                conversation,
+                customer,
+                agent,
+                ..
             }
             | EventKind::Assign {
-                conversation, customer, ..
-            } => (key(conversation.as_str()), key(customer.as_str())),
-            EventKind::Close { conversation } => (key(conversation.as_str()), None),
-            EventKind::OrderPaid { customer, .. } => (None, key(customer.as_str())),
-            EventKind::Status { .. } | EventKind::Flag { .. } => (None, None),
+                conversation,
+                customer,
+                agent,
+                ..
+            } => (key(conversation.as_str()), key(customer.as_str()), key(agent.as_str())),
+            EventKind::Close { conversation } => (key(conversation.as_str()), None, None),
+            EventKind::OrderPaid { customer, .. } => (None, key(customer.as_str()), None),
+            EventKind::Status { agent, .. } => (None, None, key(agent.as_str())),
+            EventKind::Flag { .. } => (None, None, None),
         };
         Self {
             dedup: dedup_key(event),
             shop_key: id_key(event.shop.as_str()),
             conversation,
             customer,
+            agent,
             shop: None,
             found: None,
         }
@@ -1054,6 +1076,11 @@ impl Ahead {
             self.conversation.expect("a chat event names its conversation"),
             self.customer.expect("a chat event names its customer"),
         ]
+    }
+
+    /// The key of the agent the event names.
+    fn agent_key(&self) -> IdKey {
+        self.agent.expect("the event names an agent")
     }
 }
 
@@ -1166,6 +1193,9 @@ impl Engine {
             .zip(&self.shops)
             .map(|(s, shop)| (key(shop.id.as_str()), s))
             .collect();
+        for info in &mut self.agents {
+            info.key = halves(key(info.id.as_str()));
+        }
         self.agent_ix = (0..)
             .zip(&self.agents)
             .map(|(a, info)| (key(info.id.as_str()), a))
@@ -1355,6 +1385,10 @@ impl Engine {
             return;
         };
         shop.customers.prefetch(conversation.customer);
+        if let Some(agent) = conversation.agent {
+            // Where `agent_in` compares the event's agent with it.
+            mem_prefetch::prefetch_read_data::<_, 3>(&self.agents[agent as usize]);
+        }
         if let Some(p) = conversation.agent.and_then(|agent| shop.partials.get(&agent)) {
             mem_prefetch::prefetch_read_data::<_, 3>(p);
             mem_prefetch::prefetch_read_data::<_, 3>(&p.samples);
@@ -1385,7 +1419,7 @@ impl Engine {
         }
         match &event.kind {
             EventKind::Status { agent, status } => {
-                let a = self.agent_index(agent);
+                let a = self.agent_index(agent, ahead.agent_key());
                 self.agents[a as usize].status = Some(*status);
                 self.mark_agent(a);
             }
@@ -1398,7 +1432,7 @@ impl Engine {
                 // A flagged customer's messages are ignored, down to the
                 // agent they name: it does not become known through them.
                 if !self.shops[s as usize].flagged(cu) {
-                    let a = agent.as_ref().map(|a| self.agent_in(s, at.found, a));
+                    let a = agent.as_ref().map(|a| self.agent_in(s, at.found, a, ahead.agent_key()));
                     self.customer_message(s, at, cu, a, ts);
                 }
             }
@@ -1409,7 +1443,7 @@ impl Engine {
                 auto,
             } => {
                 let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ahead.chat_keys(), ts);
-                let a = self.agent_in(s, at.found, agent);
+                let a = self.agent_in(s, at.found, agent, ahead.agent_key());
                 self.agent_message(s, at, cu, a, *auto, ts);
             }
             EventKind::Assign {
@@ -1419,11 +1453,11 @@ impl Engine {
                 from_agent,
             } => {
                 let (cu, at) = self.shops[s as usize].customer_in(conversation, customer, ahead.chat_keys(), ts);
-                let a = self.agent_in(s, at.found, agent);
+                let a = self.agent_in(s, at.found, agent, ahead.agent_key());
                 let c = self.open_conversation(s, at, cu, ts);
                 self.assign(s, c, a, ts);
                 if let Some(from) = from_agent {
-                    let from = self.agent_index(from);
+                    let from = self.agent_index(from, id_key(from.as_str()));
                     self.record(s, Some(a), MarkKind::TransferIn, 0, ts);
                     self.record(s, Some(from), MarkKind::TransferOut, 0, ts);
                 }
@@ -1557,22 +1591,25 @@ impl Engine {
     /// conversation `found` (of shop `s`) when it is already assigned to
     /// this agent, as most chat events name: a compare of two short strings
     /// instead of hashing the id and probing the agent index.
-    fn agent_in(&mut self, s: ShopIx, found: Option<ConvIx>, id: &AgentId) -> AgentIx {
+    /// The agent `id`, whose [`id_key`] is `key`: the agent of conversation
+    /// `found` when it is the one, found without a lookup.
+    fn agent_in(&mut self, s: ShopIx, found: Option<ConvIx>, id: &AgentId, key: IdKey) -> AgentIx {
         let assigned = found.and_then(|c| self.shops[s as usize].conversations[c].agent);
         match assigned {
-            Some(a) if self.agents[a as usize].id == *id => a,
-            _ => self.agent_index(id),
+            Some(a) if self.agents[a as usize].key == halves(key) => a,
+            _ => self.agent_index(id, key),
         }
     }
 
-    fn agent_index(&mut self, id: &AgentId) -> AgentIx {
-        let key = id_key(id.as_str());
+    /// The agent `id`, whose [`id_key`] is `key`, known from now on.
+    fn agent_index(&mut self, id: &AgentId, key: IdKey) -> AgentIx {
         if let Some(&a) = self.agent_ix.get(&key) {
             return a;
         }
         let a = AgentIx::try_from(self.agents.len()).expect("fewer than 2^32 agents");
         self.agents.push(AgentInfo {
             id: id.clone(),
+            key: halves(key),
             status: None,
             dirty: false,
             shops: BTreeSet::new(),
@@ -2346,8 +2383,18 @@ impl Engine {
 #[cfg(test)]
 impl Engine {
     /// Panics unless every index points at a live value: marks and
-    /// conversations at live customers, customers' open counts right.
+    /// conversations at live customers, customers' open counts right,
+    /// agents' keys their own.
     fn assert_consistent(&self) {
+        for (a, info) in (0..).zip(&self.agents) {
+            assert_eq!(
+                info.key,
+                halves(id_key(info.id.as_str())),
+                "agent {} keeps its key",
+                info.id
+            );
+            assert_eq!(self.agent_ix.get(&id_key(info.id.as_str())), Some(&a));
+        }
         for shop in &self.shops {
             let mut open = Map::<CustIx, u32>::default();
             for (_, c) in shop.conversations.iter() {
