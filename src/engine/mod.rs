@@ -583,6 +583,25 @@ struct Partial {
 }
 
 impl Partial {
+    /// Asks the cache for every line of the partial an event may touch.
+    /// Its fields span some ten lines, in an order the compiler picks, so
+    /// each is named: fetching the first line alone left the event to
+    /// wait on the others (on a desk of 20 000 agents, the first read of
+    /// `listed` in [`Engine::parts`] was 6 % of `apply`'s time).
+    fn prefetch(&self) {
+        use mem_prefetch::prefetch_read_data as fetch;
+        fetch::<_, 3>(&self.thresholds);
+        fetch::<_, 3>(&self.listed);
+        fetch::<_, 3>(&self.wait_deadline);
+        fetch::<_, 3>(&self.slow_deadline);
+        fetch::<_, 3>(&self.waiting_alert);
+        fetch::<_, 3>(&self.slow_alert);
+        fetch::<_, 3>(&self.marks);
+        fetch::<_, 3>(&self.open_conversations);
+        fetch::<_, 3>(&self.waits);
+        self.samples.prefetch();
+    }
+
     /// When the slow-average rule must next run if no sample comes: as the
     /// alert window's oldest sample leaves it. Not while no alert is active
     /// and no sample in the window is above `norm_ms`: what is left then
@@ -1390,9 +1409,7 @@ impl Engine {
             mem_prefetch::prefetch_read_data::<_, 3>(&self.agents[agent as usize]);
         }
         if let Some(p) = conversation.agent.and_then(|agent| shop.partials.get(&agent)) {
-            mem_prefetch::prefetch_read_data::<_, 3>(p);
-            mem_prefetch::prefetch_read_data::<_, 3>(&p.samples);
-            mem_prefetch::prefetch_read_data::<_, 3>(&p.waits);
+            p.prefetch();
         }
     }
 

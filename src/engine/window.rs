@@ -474,6 +474,24 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// Asks the cache for every line a mark recorded here may touch: the
+    /// day slots (their starts, tallies and distributions), the hour's
+    /// queue and the alert window. A hint only, for the look-ahead of
+    /// `Engine::apply_batch`.
+    pub fn prefetch(&self) {
+        use mem_prefetch::prefetch_read_data as fetch;
+        for slot in &self.days {
+            fetch::<_, 3>(&slot.day_start);
+            fetch::<_, 3>(&slot.tally.responses);
+            fetch::<_, 3>(&slot.tally.silent_sales_fen);
+            fetch::<_, 3>(&slot.dist);
+        }
+        fetch::<_, 3>(&self.recent);
+        fetch::<_, 3>(&self.alert_window);
+        fetch::<_, 3>(&self.alert_window_sum);
+        fetch::<_, 3>(&self.alert_window_slow);
+    }
+
     /// Records `mark`, which falls on `day`; `now` prunes the rolling part.
     pub fn record(&mut self, mark: Mark, day: Day, now: i64) {
         if let Some(slot) = self.slot_for(day) {
