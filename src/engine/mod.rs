@@ -279,6 +279,11 @@ fn halves(key: IdKey) -> [u64; 2] {
     [(key >> 64) as u64, key as u64]
 }
 
+/// The key [`halves`] split.
+fn whole([hi, lo]: [u64; 2]) -> IdKey {
+    (u128::from(hi) << 64) | u128::from(lo)
+}
+
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Conversation {
     id: ConversationId,
@@ -1029,16 +1034,21 @@ pub const PARTIAL_AHEAD: usize = 2;
 
 /// An event's keys, each id hashed once, and what the look-ahead of
 /// [`Engine::apply_batch`] found out about it.
+///
+/// The 128-bit keys are held as [`halves`]: a `u128` field would align
+/// the struct to 16 bytes and each `Option` of one to 32, and at 144
+/// bytes an `Ahead` was copied by a call to `memcpy` (some 30
+/// instructions an event); at 120 the copy is inline.
 #[derive(Debug, Clone, Copy)]
 struct Ahead {
-    dedup: Fingerprint,
-    shop_key: IdKey,
+    dedup: [u64; 2],
+    shop_key: [u64; 2],
     /// [`id_key`]s of the conversation, the customer and the agent the
     /// event names (`from_agent` is hashed when it is applied: transfers
     /// are few).
-    conversation: Option<IdKey>,
-    customer: Option<IdKey>,
-    agent: Option<IdKey>,
+    conversation: Option<[u64; 2]>,
+    customer: Option<[u64; 2]>,
+    agent: Option<[u64; 2]>,
     /// The shop, if it existed at the look-ahead (shops are never removed,
     /// so it still does when the event is applied).
     shop: Option<ShopIx>,
@@ -1048,9 +1058,12 @@ struct Ahead {
     found: Option<ConvIx>,
 }
 
+// Kept at most 128 bytes, so that moving one stays inline (see `Ahead`).
+const _: () = assert!(std::mem::size_of::<Ahead>() <= 128);
+
 impl Ahead {
     fn of(event: &Event) -> Self {
-        let key = |id: &str| Some(id_key(id));
+        let key = |id: &str| Some(halves(id_key(id)));
         let (conversation, customer, agent) = match &event.kind {
             EventKind::CustomerMessage {
                 conversation,
@@ -1079,8 +1092,8 @@ impl Ahead {
             EventKind::Flag { .. } => (None, None, None),
         };
         Self {
-            dedup: dedup_key(event),
-            shop_key: id_key(event.shop.as_str()),
+            dedup: halves(dedup_key(event)),
+            shop_key: halves(id_key(event.shop.as_str())),
             conversation,
             customer,
             agent,
@@ -1089,17 +1102,33 @@ impl Ahead {
         }
     }
 
+    fn dedup(&self) -> Fingerprint {
+        whole(self.dedup)
+    }
+
+    fn shop_key(&self) -> IdKey {
+        whole(self.shop_key)
+    }
+
+    fn conversation(&self) -> Option<IdKey> {
+        self.conversation.map(whole)
+    }
+
+    fn customer(&self) -> Option<IdKey> {
+        self.customer.map(whole)
+    }
+
     /// The conversation and customer keys of a chat or assign event.
     fn chat_keys(&self) -> [IdKey; 2] {
         [
-            self.conversation.expect("a chat event names its conversation"),
-            self.customer.expect("a chat event names its customer"),
+            self.conversation().expect("a chat event names its conversation"),
+            self.customer().expect("a chat event names its customer"),
         ]
     }
 
     /// The key of the agent the event names.
     fn agent_key(&self) -> IdKey {
-        self.agent.expect("the event names an agent")
+        whole(self.agent.expect("the event names an agent"))
     }
 }
 
@@ -1351,14 +1380,14 @@ impl Engine {
     /// Look-ahead, first stage: the event's duplicate-set slot, and the
     /// index slot of its conversation (or, for an order, its customer).
     fn fetch_index(&self, a: &mut Ahead) {
-        self.dedup.prefetch(a.dedup);
-        a.shop = self.shop_ix.get(&a.shop_key).copied();
+        self.dedup.prefetch(a.dedup());
+        a.shop = self.shop_ix.get(&a.shop_key()).copied();
         let Some(s) = a.shop else { return };
         let shop = &self.shops[s as usize];
-        match a.conversation {
+        match a.conversation() {
             Some(key) => shop.conversation_ix.prefetch(key),
             None => {
-                if let Some(key) = a.customer {
+                if let Some(key) = a.customer() {
                     shop.customer_ix.prefetch(key);
                 }
             }
@@ -1370,20 +1399,20 @@ impl Engine {
     fn fetch_entry(&self, a: &mut Ahead) {
         let Some(s) = a.shop else { return };
         let shop = &self.shops[s as usize];
-        match a.conversation {
+        match a.conversation() {
             Some(key) => {
                 a.found = shop.conversation_ix.get(key);
                 match a.found {
                     Some(c) => shop.conversations.prefetch(c),
                     None => {
-                        if let Some(key) = a.customer {
+                        if let Some(key) = a.customer() {
                             shop.customer_ix.prefetch(key);
                         }
                     }
                 }
             }
             None => {
-                if let Some(cu) = a.customer.and_then(|key| shop.customer_ix.get(key)) {
+                if let Some(cu) = a.customer().and_then(|key| shop.customer_ix.get(key)) {
                     shop.customers.prefetch(cu);
                 }
             }
@@ -1397,7 +1426,7 @@ impl Engine {
         let shop = &self.shops[s as usize];
         let Some(conversation) = a.found.and_then(|c| shop.conversations.get(c)) else {
             if a.conversation.is_some()
-                && let Some(cu) = a.customer.and_then(|key| shop.customer_ix.get(key))
+                && let Some(cu) = a.customer().and_then(|key| shop.customer_ix.get(key))
             {
                 shop.customers.prefetch(cu);
             }
@@ -1416,7 +1445,7 @@ impl Engine {
     fn apply_keyed(&mut self, event: &Event, ahead: &Ahead) -> Applied {
         // A duplicate changes nothing, the event clock included: `now` is
         // the largest `ts` accepted, and a resent event may carry a later one.
-        if !self.dedup.insert(ahead.dedup, event.ts) {
+        if !self.dedup.insert(ahead.dedup(), event.ts) {
             return Applied::Duplicate;
         }
         if self.settings.clock == Clock::Event {
@@ -1427,7 +1456,7 @@ impl Engine {
         let ts = event.ts;
         let s = match ahead.shop {
             Some(s) => s,
-            None => self.shop_index(&event.shop, ahead.shop_key),
+            None => self.shop_index(&event.shop, ahead.shop_key()),
         };
         let shop = &mut self.shops[s as usize];
         if !shop.dirty {
@@ -1479,7 +1508,7 @@ impl Engine {
                     self.record(s, Some(from), MarkKind::TransferOut, 0, ts);
                 }
             }
-            EventKind::Close { .. } => self.close(s, ahead.conversation.expect("a close names its conversation")),
+            EventKind::Close { .. } => self.close(s, ahead.conversation().expect("a close names its conversation")),
             EventKind::Flag { customer, .. } => {
                 let cu = self.shops[s as usize].customer(customer, ts);
                 self.flag(s, cu);
@@ -1491,7 +1520,7 @@ impl Engine {
                     .dedup
                     .insert(order_fingerprint(event.shop.as_str(), order.as_str()), ts)
                 {
-                    self.order(s, ahead.customer.expect("an order names its customer"), *amount, ts);
+                    self.order(s, ahead.customer().expect("an order names its customer"), *amount, ts);
                 }
             }
         }
