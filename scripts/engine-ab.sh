@@ -12,8 +12,15 @@ rounds=$1
 shift
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-for _ in $(seq "$rounds"); do
-  for bin in "$@"; do
+# Every other round runs the binaries in the opposite order: on this host
+# the first of a pair has read up to 10 % higher than the second in the
+# same round (2026-12-06), so a fixed order would favour one build.
+forward=("$@")
+backward=()
+for ((i = $# - 1; i >= 0; i--)); do backward+=("${forward[i]}"); done
+for round in $(seq "$rounds"); do
+  if ((round % 2)); then order=("${forward[@]}"); else order=("${backward[@]}"); fi
+  for bin in "${order[@]}"; do
     # The bench probes the host's cost of fresh memory before its cases
     # (and after them); the probe before is kept as a row of its own, so a
     # slow round shows.
