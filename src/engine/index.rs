@@ -97,8 +97,15 @@ impl Slot {
     };
 }
 
-fn words(key: Key) -> [u64; 2] {
+/// A key as two words, high first: held in a struct, it keeps the struct
+/// 8-aligned where a `u128` would align it to 16.
+pub fn halves(key: Key) -> [u64; 2] {
     [(key >> 64) as u64, key as u64]
+}
+
+/// The key [`halves`] split.
+pub fn whole([hi, lo]: [u64; 2]) -> Key {
+    (u128::from(hi) << 64) | u128::from(lo)
 }
 
 /// Key → `u32` (never `u32::MAX`), by linear probing in a power-of-two
@@ -146,13 +153,13 @@ impl IdIndex {
         if self.slots.is_empty() {
             return None;
         }
-        self.find(words(key)).ok().map(|i| self.slots[i].value)
+        self.find(halves(key)).ok().map(|i| self.slots[i].value)
     }
 
     /// Asks the CPU to fetch the line `key`'s probe starts on.
     pub fn prefetch(&self, key: Key) {
         if !self.slots.is_empty() {
-            mem_prefetch::prefetch_read_data::<_, 3>(&self.slots[self.home(words(key))]);
+            mem_prefetch::prefetch_read_data::<_, 3>(&self.slots[self.home(halves(key))]);
         }
     }
 
@@ -162,7 +169,7 @@ impl IdIndex {
         if (self.len + 1) * 10 > self.slots.len() * 7 {
             self.grow();
         }
-        let key = words(key);
+        let key = halves(key);
         match self.find(key) {
             Ok(i) => Some(std::mem::replace(&mut self.slots[i].value, value)),
             Err(i) => {
@@ -178,7 +185,7 @@ impl IdIndex {
         if self.slots.is_empty() {
             return None;
         }
-        let mut hole = self.find(words(key)).ok()?;
+        let mut hole = self.find(halves(key)).ok()?;
         let value = self.slots[hole].value;
         let mask = self.slots.len() - 1;
         // Backward shift: each later slot of the run whose home does not
@@ -202,7 +209,7 @@ impl IdIndex {
         self.slots
             .iter()
             .filter(|s| s.value != EMPTY)
-            .map(|s| ((u128::from(s.key[0]) << 64) | u128::from(s.key[1]), s.value))
+            .map(|s| (whole(s.key), s.value))
     }
 
     fn grow(&mut self) {

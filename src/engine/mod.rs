@@ -29,7 +29,7 @@ use alerts::{Alert, AlertBook, AlertChange, Reading, Rule, Severity, Thresholds}
 use day::{Calendar, Day};
 use deadlines::Deadlines;
 use dedup::{Dedup, Fingerprint, fingerprint, order_fingerprint};
-use index::IdIndex;
+use index::{IdIndex, halves, whole};
 use marks::{MarkTable, NO_CONVERSATION};
 use seen::Seen;
 use slab::{Chunks, Flat, Slab};
@@ -272,16 +272,6 @@ type IdKey = u128;
 
 fn id_key(id: &str) -> IdKey {
     index::key_of(id)
-}
-
-/// A key as two words: held in a struct, it keeps the struct 8-aligned.
-fn halves(key: IdKey) -> [u64; 2] {
-    [(key >> 64) as u64, key as u64]
-}
-
-/// The key [`halves`] split.
-fn whole([hi, lo]: [u64; 2]) -> IdKey {
-    (u128::from(hi) << 64) | u128::from(lo)
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
