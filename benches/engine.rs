@@ -403,7 +403,8 @@ fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
 /// `serve`, and do not show up as the engine's misses.
 ///
 /// The warm-up is made as it is applied, so `--after` may be an hour of
-/// event time or more. The line it prints ends with the counted events'
+/// event time or more; `--every=N` prints the rate of each N events of it
+/// (frames as they come from memory, wall clock). The line it prints ends with the counted events'
 /// rate: one run, for finding where a desk's time goes (with `perf`), not
 /// a figure for BENCHMARKS.md's table, which takes the best of three.
 fn bench_count(args: &[String]) {
@@ -420,17 +421,37 @@ fn bench_count(args: &[String]) {
     // The warm-up is made and applied 100 000 events at a time, so it may
     // run longer than memory could hold its events (an hour of the paced
     // 20 000-agent desk is 72 M).
+    // With `--every=N`, each N events of it print their rate and how much
+    // the process grew: the desk's day as it goes.
+    let every = flag(args, "--every=", 0usize, "--every=N takes a count of events");
     let mut made = Workload::new(agents, shops, pace, 7);
     let mut chunk = Vec::with_capacity(100_000);
-    for left in (0..warm_up).step_by(100_000).map(|at| (warm_up - at).min(100_000)) {
+    let (mut slice_secs, mut slice_rss) = (0.0, rss_bytes());
+    for at in (0..warm_up).step_by(100_000) {
+        let left = (warm_up - at).min(100_000);
         chunk.clear();
         chunk.extend(made.by_ref().take(left));
+        let start = Instant::now();
         apply_frames(&mut engine, &chunk);
+        slice_secs += start.elapsed().as_secs_f64();
+        let done = at + left;
+        if every > 0 && (done.is_multiple_of(every) || done == warm_up) {
+            let n = (done - 1) % every + 1;
+            let rss = rss_bytes();
+            println!(
+                "warm-up: events {}..{done}: {:.2} M events/s, the process grew by {:.0} bytes an event",
+                done - n,
+                n as f64 / slice_secs / 1e6,
+                rss.saturating_sub(slice_rss) as f64 / n as f64
+            );
+            (slice_secs, slice_rss) = (0.0, rss);
+        }
     }
     let events: Vec<Event> = made.take(count).collect();
     let changes_before = ALERT_CHANGES.load(Ordering::Relaxed);
     // Only the counted calls are timed (with `--hot`, not the clones).
     let mut secs = 0.0;
+    let rss_before = rss_bytes();
     if hot {
         for (i, frame) in events.chunks(100).enumerate() {
             let fresh: Vec<Event> = frame.to_vec();
@@ -444,9 +465,13 @@ fn bench_count(args: &[String]) {
         secs = start.elapsed().as_secs_f64();
     }
     let applied = events.len();
+    // Growth counts the clones of `--hot` too, but those are freed frame by
+    // frame and their memory taken again by the next.
+    let grown = rss_bytes().saturating_sub(rss_before);
     println!(
-        "count: applied {applied} events in `counted` after {warm_up} ({:.2} M events/s, one run, wall clock); {} alert changes drained meanwhile",
+        "count: applied {applied} events in `counted` after {warm_up} ({:.2} M events/s, one run, wall clock; the process grew by {:.0} bytes an event); {} alert changes drained meanwhile",
         applied as f64 / secs / 1e6,
+        grown as f64 / applied as f64,
         ALERT_CHANGES.load(Ordering::Relaxed) - changes_before
     );
 }
