@@ -404,9 +404,10 @@ fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
 ///
 /// The warm-up is made as it is applied, so `--after` may be an hour of
 /// event time or more; `--every=N` prints the rate of each N events of it
-/// (frames as they come from memory, wall clock). The line it prints ends with the counted events'
-/// rate: one run, for finding where a desk's time goes (with `perf`), not
-/// a figure for BENCHMARKS.md's table, which takes the best of three.
+/// (frames as they come from memory, wall clock). The last line ends with
+/// the counted events' rate: one run, for finding where a desk's time
+/// goes (with `perf`), not a figure for BENCHMARKS.md's table, which takes
+/// the best of three.
 fn bench_count(args: &[String]) {
     let warm_up = flag(args, "--after=", 1_000_000, "--after=N takes a count of events");
     let count = flag(args, "--count=", 500_000, "--count=N takes a count of events");
@@ -420,9 +421,9 @@ fn bench_count(args: &[String]) {
     }));
     // The warm-up is made and applied 100 000 events at a time, so it may
     // run longer than memory could hold its events (an hour of the paced
-    // 20 000-agent desk is 72 M).
-    // With `--every=N`, each N events of it print their rate and how much
-    // the process grew: the desk's day as it goes.
+    // 20 000-agent desk is 72 M). With `--every=N`, each N events of it
+    // print their rate and how much the process grew: the desk's day as
+    // it goes.
     let every = flag(args, "--every=", 0usize, "--every=N takes a count of events");
     let mut made = Workload::new(agents, shops, pace, 7);
     let mut chunk = Vec::with_capacity(100_000);
