@@ -778,6 +778,9 @@ fn bench_replay() {
 }
 
 fn main() {
+    // As `deskpulse` runs (its `main` does the same), unless the caller
+    // set mimalloc's purge delay itself.
+    deskpulse::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("fresh-memory-child") {
         fresh_memory_child();

@@ -2,6 +2,7 @@
 //!
 //! Events flow `ingest → log → engine → publish`; see ARCHITECTURE.md.
 
+pub mod allocator;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -19,6 +19,7 @@ use deskpulse::protocol::ShopId;
 /// mimalloc instead of glibc malloc: events are allocated on the tokio
 /// workers that parse them and freed after the engine thread applied them,
 /// a cross-thread pattern glibc's arenas handle poorly (see BENCHMARKS.md).
+/// Told to keep the memory it frees: [`deskpulse::allocator`].
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -136,6 +137,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    deskpulse::allocator::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

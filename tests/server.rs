@@ -1177,3 +1177,42 @@ async fn a_restart_judges_each_logged_batch_as_it_was_judged_live() {
     let (_, stats) = s.get("/v1/agents/a1/stats", None).await;
     assert_eq!(stats["responses"], 1);
 }
+
+/// The variables of process `pid` as `NAME=value` strings.
+fn environ(pid: u32) -> Vec<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ")).expect("read the server's environment");
+    bytes
+        .split(|&b| b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn serve_runs_with_mimalloc_keeping_the_memory_it_frees() {
+    let dir = DataDir::new("purge-default");
+    let s = Server::start_with_env(&dir.0, &[]);
+    let set: Vec<String> = environ(s.pid())
+        .into_iter()
+        .filter(|v| v.starts_with("MIMALLOC_PURGE_DELAY="))
+        .collect();
+    assert_eq!(
+        set,
+        ["MIMALLOC_PURGE_DELAY=-1"],
+        "restarted in place with the delay set"
+    );
+    // The restarted process is the one serving.
+    assert_eq!(s.get("/healthz", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn an_operators_own_purge_delay_is_kept() {
+    let dir = DataDir::new("purge-operator");
+    let s = Server::start_with_env(&dir.0, &[("MIMALLOC_PURGE_DELAY", "250")]);
+    let set: Vec<String> = environ(s.pid())
+        .into_iter()
+        .filter(|v| v.starts_with("MIMALLOC_PURGE_DELAY="))
+        .collect();
+    assert_eq!(set, ["MIMALLOC_PURGE_DELAY=250"]);
+    assert_eq!(s.get("/healthz", None).await.0, 200);
+}

@@ -104,16 +104,32 @@ impl Server {
             std::fs::write(&p, text).expect("write config");
             p
         });
-        Self::spawn(dir.join("data"), config_path, clock, "127.0.0.1:0")
+        Self::spawn(dir.join("data"), config_path, clock, "127.0.0.1:0", &[])
     }
 
-    fn spawn(data_dir: PathBuf, config: Option<PathBuf>, clock: &'static str, listen: &str) -> Self {
+    /// Starts the binary on the open default with `env` added to its
+    /// environment.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn(dir.join("data"), None, "event", "127.0.0.1:0", env)
+    }
+
+    fn spawn(
+        data_dir: PathBuf,
+        config: Option<PathBuf>,
+        clock: &'static str,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_deskpulse"));
         cmd.args(["serve", "--listen", listen, "--clock", clock, "--data-dir"])
             .arg(&data_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            // The server sets this itself unless its caller did; tests
+            // start it as a fresh machine would, whatever ran them.
+            .env_remove(deskpulse::allocator::PURGE_DELAY_VAR)
+            .envs(env.iter().copied());
         if let Some(c) = &config {
             cmd.arg("--config").arg(c);
         }
@@ -135,6 +151,11 @@ impl Server {
             config,
             clock,
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the process with SIGKILL (no flush, no goodbye).
@@ -161,7 +182,7 @@ impl Server {
 
     /// Starts again on the same data dir and config (on a new port).
     pub fn restart((data_dir, config, clock, _): (PathBuf, Option<PathBuf>, &'static str, String)) -> Self {
-        Self::spawn(data_dir, config, clock, "127.0.0.1:0")
+        Self::spawn(data_dir, config, clock, "127.0.0.1:0", &[])
     }
 
     pub fn url(&self, path: &str) -> String {
