@@ -18,29 +18,30 @@
 //! (which the workspace forbids); so the process restarts itself in place
 //! with the variable set.
 
-use std::ffi::OsString;
-
-/// The variable mimalloc reads its purge delay from, in ms; -1 is never.
+/// The variable mimalloc reads its purge delay from, in ms.
 pub const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
+
+/// The purge delay the binaries run with unless told otherwise: never.
+const NEVER: &str = "-1";
 
 /// Unless [`PURGE_DELAY_VAR`] is set, replaces the process with a fresh
 /// run of the same executable and arguments (same pid, open files and
-/// environment, via `exec`) with it set to -1; returns only when it was
-/// already set (an operator's own value is kept) or the `exec` failed,
+/// environment, via `exec`) with it set to [`NEVER`]; returns only when it
+/// was already set (an operator's own value is kept) or the `exec` failed,
 /// which it reports on stderr, running on with mimalloc's default.
 pub fn keep_freed_memory() {
     if std::env::var_os(PURGE_DELAY_VAR).is_some() {
         return;
     }
-    restart_with(PURGE_DELAY_VAR, "-1".into());
+    restart();
 }
 
 #[cfg(unix)]
-fn restart_with(var: &str, value: OsString) {
+fn restart() {
     use std::os::unix::process::CommandExt;
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
-        Err(e) => return report(var, &e),
+        Err(e) => return report(&e),
     };
     let mut args = std::env::args_os();
     let mut command = std::process::Command::new(exe);
@@ -48,13 +49,16 @@ fn restart_with(var: &str, value: OsString) {
         command.arg0(arg0);
     }
     // `exec` returns only on failure.
-    let e = command.args(args).env(var, value).exec();
-    report(var, &e);
+    let e = command.args(args).env(PURGE_DELAY_VAR, NEVER).exec();
+    report(&e);
 }
 
 #[cfg(not(unix))]
-fn restart_with(_var: &str, _value: OsString) {}
+fn restart() {}
 
-fn report(var: &str, e: &std::io::Error) {
-    eprintln!("deskpulse: could not restart with {var}=-1 ({e}); running with mimalloc's default purge delay");
+#[cfg(unix)]
+fn report(e: &std::io::Error) {
+    eprintln!(
+        "deskpulse: could not restart with {PURGE_DELAY_VAR}={NEVER} ({e}); running with mimalloc's default purge delay"
+    );
 }

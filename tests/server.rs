@@ -1178,13 +1178,13 @@ async fn a_restart_judges_each_logged_batch_as_it_was_judged_live() {
     assert_eq!(stats["responses"], 1);
 }
 
-/// The variables of process `pid` as `NAME=value` strings.
-fn environ(pid: u32) -> Vec<String> {
+/// The `MIMALLOC_PURGE_DELAY=…` entries of process `pid`'s environment.
+fn purge_delay_entries(pid: u32) -> Vec<String> {
     let bytes = std::fs::read(format!("/proc/{pid}/environ")).expect("read the server's environment");
     bytes
         .split(|&b| b == 0)
-        .filter(|v| !v.is_empty())
         .map(|v| String::from_utf8_lossy(v).into_owned())
+        .filter(|v| v.starts_with("MIMALLOC_PURGE_DELAY="))
         .collect()
 }
 
@@ -1192,12 +1192,8 @@ fn environ(pid: u32) -> Vec<String> {
 async fn serve_runs_with_mimalloc_keeping_the_memory_it_frees() {
     let dir = DataDir::new("purge-default");
     let s = Server::start_with_env(&dir.0, &[]);
-    let set: Vec<String> = environ(s.pid())
-        .into_iter()
-        .filter(|v| v.starts_with("MIMALLOC_PURGE_DELAY="))
-        .collect();
     assert_eq!(
-        set,
+        purge_delay_entries(s.pid()),
         ["MIMALLOC_PURGE_DELAY=-1"],
         "restarted in place with the delay set"
     );
@@ -1209,10 +1205,6 @@ async fn serve_runs_with_mimalloc_keeping_the_memory_it_frees() {
 async fn an_operators_own_purge_delay_is_kept() {
     let dir = DataDir::new("purge-operator");
     let s = Server::start_with_env(&dir.0, &[("MIMALLOC_PURGE_DELAY", "250")]);
-    let set: Vec<String> = environ(s.pid())
-        .into_iter()
-        .filter(|v| v.starts_with("MIMALLOC_PURGE_DELAY="))
-        .collect();
-    assert_eq!(set, ["MIMALLOC_PURGE_DELAY=250"]);
+    assert_eq!(purge_delay_entries(s.pid()), ["MIMALLOC_PURGE_DELAY=250"]);
     assert_eq!(s.get("/healthz", None).await.0, 200);
 }
