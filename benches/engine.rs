@@ -400,11 +400,13 @@ fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
 /// that of `apply-paced-20000`. With `--hot`, each frame is cloned just
 /// before it is applied, outside what is counted, as in the bench's
 /// "frames in cache" runs: the event's own bytes are then in cache, as in
-/// `serve`, and do not show up as the engine's misses.
+/// `serve`, and do not show up as the engine's misses; this holds for the
+/// warm-up too, so `--every=N --hot` reads the desk's day as `serve`
+/// applies it.
 ///
 /// The warm-up is made as it is applied, so `--after` may be an hour of
 /// event time or more; `--every=N` prints the rate of each N events of it
-/// (frames as they come from memory, wall clock). The last line ends with
+/// (frames as they come from memory unless `--hot`, wall clock). The last line ends with
 /// the counted events' rate: one run, for finding where a desk's time
 /// goes (with `perf`), not a figure for BENCHMARKS.md's table, which takes
 /// the best of three.
@@ -432,9 +434,13 @@ fn bench_count(args: &[String]) {
         let left = (warm_up - at).min(100_000);
         chunk.clear();
         chunk.extend(made.by_ref().take(left));
-        let start = Instant::now();
-        apply_frames(&mut engine, &chunk);
-        slice_secs += start.elapsed().as_secs_f64();
+        slice_secs += if hot {
+            apply_hot(&mut engine, &chunk)
+        } else {
+            let start = Instant::now();
+            apply_frames(&mut engine, &chunk);
+            start.elapsed().as_secs_f64()
+        };
         let done = at + left;
         if every > 0 && (done.is_multiple_of(every) || done == warm_up) {
             let n = (done - 1) % every + 1;
@@ -455,20 +461,14 @@ fn bench_count(args: &[String]) {
     println!("count: {count} events made; applying them");
     let changes_before = ALERT_CHANGES.load(Ordering::Relaxed);
     // Only the counted calls are timed (with `--hot`, not the clones).
-    let mut secs = 0.0;
     let rss_before = rss_bytes();
-    if hot {
-        for (i, frame) in events.chunks(100).enumerate() {
-            let fresh: Vec<Event> = frame.to_vec();
-            let start = Instant::now();
-            counted_frame(&mut engine, i, &fresh);
-            secs += start.elapsed().as_secs_f64();
-        }
+    let secs = if hot {
+        apply_hot(&mut engine, &events)
     } else {
         let start = Instant::now();
         counted(&mut engine, &events);
-        secs = start.elapsed().as_secs_f64();
-    }
+        start.elapsed().as_secs_f64()
+    };
     let applied = events.len();
     // Growth counts the clones of `--hot` too, but those are freed frame by
     // frame and their memory taken again by the next.
@@ -494,6 +494,21 @@ fn flag<T: std::str::FromStr>(args: &[String], prefix: &str, default: T, what: &
 fn counted(engine: &mut Engine, events: &[Event]) {
     apply_frames(engine, events);
     std::hint::black_box(engine);
+}
+
+/// Applies `events` in frames of 100, each cloned just before it is
+/// applied, so that its bytes are in cache as those of a frame `serve`
+/// has just parsed; returns the seconds the applies took, the clones not
+/// counted.
+fn apply_hot(engine: &mut Engine, events: &[Event]) -> f64 {
+    let mut secs = 0.0;
+    for (i, frame) in events.chunks(100).enumerate() {
+        let fresh: Vec<Event> = frame.to_vec();
+        let start = Instant::now();
+        counted_frame(engine, i, &fresh);
+        secs += start.elapsed().as_secs_f64();
+    }
+    secs
 }
 
 /// One frame of [`bench_count`] with `--hot`, counted as [`counted`] is.

@@ -13,10 +13,13 @@
 #   cp target/release/deps/engine-<hash> /tmp/engine-new   # and likewise an older build
 #   scripts/engine-day.sh 3 /tmp/engine-old /tmp/engine-new
 #   EVENTS=60000000 scripts/engine-day.sh 3 ...
+#   HOT=1 scripts/engine-day.sh 3 ...   # each frame in cache, as `serve` applies it (`--hot`)
 set -euo pipefail
 rounds=$1
 shift
 events=${EVENTS:-48000000}
+hot=()
+if [[ ${HOT:-0} == 1 ]]; then hot=(--hot); fi
 bins=("$@")
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -30,7 +33,7 @@ for round in $(seq "$rounds"); do
     # With `--every` equal to `--after`, the warm-up prints one line for
     # all of it: "warm-up: events 0..N: R M events/s, the process grew by
     # G bytes an event".
-    line=$("$bin" count --after="$events" --every="$events" --count=1 | grep '^warm-up')
+    line=$("$bin" count --after="$events" --every="$events" --count=1 "${hot[@]}" | grep '^warm-up')
     rate=$(sed -E 's/.*: ([0-9.]+) M events\/s.*/\1/' <<<"$line")
     grew=$(sed -E 's/.*grew by ([0-9]+) bytes.*/\1/' <<<"$line")
     printf '%s\t%s\t%s\n' "$(basename "$bin")" "$rate" "$grew" | tee -a "$out"
