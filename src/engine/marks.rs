@@ -9,9 +9,20 @@
 //! at once from that index. An index gone stale (the table grew since)
 //! is seen by its key and the lookup goes the usual way.
 //!
-//! The table holds [`Marks`] themselves, the customer in the padding
-//! after [`Marks::held_by`]: 32 bytes an entry, two to a cache line and
-//! never one across two, where a `(customer, marks)` pair took 40.
+//! An entry is 20 bytes, where `(customer, three i64 times, holder)` took
+//! 32: each time is held as milliseconds after the table's epoch in 32
+//! bits (49.7 days), the customer and the holder in 32 bits each. A desk
+//! holds a day of marks, many millions of them, so their bytes are fresh
+//! memory and cache misses (BENCHMARKS.md, *Marks in 20 bytes*).
+//!
+//! The epoch is chosen so that what the 32 bits cannot hold never shows:
+//! it stays at least [`LOOKBACK`] before `now`, and a time older than the
+//! epoch is held as never, since no window reaches that far back (the
+//! clean-up would drop it anyway). A time more than ~47 days after the
+//! epoch moves the epoch up, re-encoding the table; a time that still
+//! cannot be held (stamped more than ~47 days ahead of the clock) is held
+//! as the latest time that can, which every window treats alike until the
+//! clock comes within weeks of it.
 
 use std::fmt;
 
@@ -22,46 +33,68 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::slab::{Flat, Slab};
-use super::{ConvIx, Conversation, CustIx};
+use super::{ConvIx, Conversation, CustIx, MARK_RETENTION_MS};
 
-/// Latest times a customer counted for, was replied to by, and paid an
-/// agent; `i64::MIN` for never.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(super) struct Marks {
-    pub counted: i64,
-    pub replied: i64,
-    pub paid: i64,
+/// How far before `now` the oldest time a window or the clean-up reads
+/// may lie: the clean-up's retention, longer than any day (25 h with a
+/// DST change) and any rolling window.
+pub(super) const LOOKBACK: i64 = MARK_RETENTION_MS;
+
+/// The latest time after the epoch an entry can hold, ms.
+const SPAN: i64 = u32::MAX as i64 - 1;
+
+/// One entry: a customer's marks as offsets from the table's epoch
+/// ([`encode`]), read and written through [`MarkTimes`] and [`MarkMut`].
+#[derive(Debug, Clone, Copy)]
+struct Marks {
+    counted: u32,
+    replied: u32,
+    paid: u32,
     /// The open conversation that holds this mark ([`NO_CONVERSATION`]:
     /// none): it is assigned to the mark's agent, names the mark's
     /// customer, and keeps later `counted` and `replied` times in its own
     /// fields until it is released (agent or customer changed, closed).
     /// A held mark is never dropped by the clean-up.
-    pub held_by: ConvIx,
-    /// The table's key, kept here rather than beside the marks so that an
-    /// entry fills 32 bytes, not 40. Not in snapshots: the map key there.
-    /// Private: code outside this module cannot build a `Marks` by its
-    /// fields, and writes an entry's times and `held_by` one by one, never
-    /// a whole `Marks` over it (which would lose the key).
-    #[serde(skip)]
+    held_by: ConvIx,
+    /// The table's key.
     customer: CustIx,
 }
 
-/// [`Marks::held_by`] of a mark no conversation holds.
+/// [`MarkTimes::held_by`] of a mark no conversation holds.
 pub(super) const NO_CONVERSATION: ConvIx = ConvIx::MAX;
 
-impl Default for Marks {
-    fn default() -> Self {
-        Self {
-            counted: i64::MIN,
-            replied: i64::MIN,
-            paid: i64::MIN,
-            held_by: NO_CONVERSATION,
-            customer: 0,
-        }
+/// `ts` as an offset from `epoch`: 0 for never or before the epoch, else
+/// one more than the ms after it, at most [`SPAN`] + 1.
+fn encode(ts: i64, epoch: i64) -> u32 {
+    if ts < epoch {
+        0
+    } else {
+        (ts.saturating_sub(epoch).min(SPAN) + 1) as u32
     }
 }
 
-impl Marks {
+fn decode(v: u32, epoch: i64) -> i64 {
+    if v == 0 {
+        i64::MIN
+    } else {
+        epoch.saturating_add(i64::from(v) - 1)
+    }
+}
+
+/// A customer's marks as times: latest times the customer counted for,
+/// was replied to by, and paid an agent (`i64::MIN` for never), and the
+/// conversation holding the mark. Also how a table is stored in
+/// snapshots, field for field the layout of the 32-byte entry it
+/// replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct MarkTimes {
+    pub counted: i64,
+    pub replied: i64,
+    pub paid: i64,
+    pub held_by: ConvIx,
+}
+
+impl MarkTimes {
     /// `counted` and `replied` in force: the later of the table's and the
     /// holding conversation's.
     pub fn counted_replied(&self, conversations: &Slab<Flat<Conversation>>) -> (i64, i64) {
@@ -72,9 +105,70 @@ impl Marks {
     }
 }
 
-/// Customer → [`Marks`], whose entries can be reached again by bucket.
+impl Marks {
+    fn times(&self, epoch: i64) -> MarkTimes {
+        MarkTimes {
+            counted: decode(self.counted, epoch),
+            replied: decode(self.replied, epoch),
+            paid: decode(self.paid, epoch),
+            held_by: self.held_by,
+        }
+    }
+
+    fn new(customer: CustIx, t: &MarkTimes, epoch: i64) -> Self {
+        Self {
+            counted: encode(t.counted, epoch),
+            replied: encode(t.replied, epoch),
+            paid: encode(t.paid, epoch),
+            held_by: t.held_by,
+            customer,
+        }
+    }
+}
+
+/// One entry of a table, to be written: its times move only forward.
+pub(super) struct MarkMut<'t> {
+    marks: &'t mut Marks,
+    epoch: i64,
+}
+
+impl MarkMut<'_> {
+    /// Moves `counted` to `ts` at least.
+    pub fn raise_counted(&mut self, ts: i64) {
+        self.marks.counted = self.marks.counted.max(encode(ts, self.epoch));
+    }
+
+    /// Moves `replied` to `ts` at least.
+    pub fn raise_replied(&mut self, ts: i64) {
+        self.marks.replied = self.marks.replied.max(encode(ts, self.epoch));
+    }
+
+    /// Moves `paid` to `ts` at least.
+    pub fn raise_paid(&mut self, ts: i64) {
+        self.marks.paid = self.marks.paid.max(encode(ts, self.epoch));
+    }
+
+    pub fn held_by(&self) -> ConvIx {
+        self.marks.held_by
+    }
+
+    pub fn set_held_by(&mut self, c: ConvIx) {
+        self.marks.held_by = c;
+    }
+
+    #[cfg(test)]
+    pub fn times(&self) -> MarkTimes {
+        self.marks.times(self.epoch)
+    }
+}
+
+/// Customer → marks, whose entries can be reached again by bucket.
 #[derive(Debug, Clone, Default)]
-pub(super) struct MarkTable(HashTable<Marks>);
+pub(super) struct MarkTable {
+    table: HashTable<Marks>,
+    /// What the entries' times count from (see the module's docs).
+    epoch: i64,
+}
 
 /// The hash of a customer index. Indices are dense slab indices: the
 /// multiply by an odd constant keeps distinct low bits distinct (the
@@ -84,8 +178,10 @@ fn hash(customer: CustIx) -> u64 {
 }
 
 impl MarkTable {
-    pub fn get(&self, customer: CustIx) -> Option<&Marks> {
-        self.0.find(hash(customer), |m| m.customer == customer)
+    pub fn get(&self, customer: CustIx) -> Option<MarkTimes> {
+        self.table
+            .find(hash(customer), |m| m.customer == customer)
+            .map(|m| m.times(self.epoch))
     }
 
     pub fn contains(&self, customer: CustIx) -> bool {
@@ -93,49 +189,104 @@ impl MarkTable {
     }
 
     /// The customer's marks, a new one (all times never) if it has none,
-    /// and the bucket they are in until the table next grows.
-    pub fn entry(&mut self, customer: CustIx) -> (u32, &mut Marks) {
+    /// and the bucket they are in until the table next grows; ready to
+    /// take times up to `latest` at `now` (the engine's, which never goes
+    /// back).
+    pub fn entry(&mut self, customer: CustIx, latest: i64, now: i64) -> (u32, MarkMut<'_>) {
+        self.fit(latest, now);
         let entry = match self
-            .0
+            .table
             .entry(hash(customer), |m| m.customer == customer, |m| hash(m.customer))
         {
             Entry::Occupied(o) => o,
             Entry::Vacant(v) => v.insert(Marks {
+                counted: 0,
+                replied: 0,
+                paid: 0,
+                held_by: NO_CONVERSATION,
                 customer,
-                ..Marks::default()
             }),
         };
         let bucket = u32::try_from(entry.bucket_index()).expect("fewer than 2^32 buckets");
-        (bucket, entry.into_mut())
+        let epoch = self.epoch;
+        (
+            bucket,
+            MarkMut {
+                marks: entry.into_mut(),
+                epoch,
+            },
+        )
     }
 
-    /// The customer's marks, looked for first in `bucket`.
-    pub fn get_mut_at(&mut self, customer: CustIx, bucket: u32) -> Option<&mut Marks> {
-        let at = match self.0.get_bucket(bucket as usize) {
+    /// The customer's marks, looked for first in `bucket`; ready to take
+    /// times up to `latest` at `now`, as [`MarkTable::entry`].
+    pub fn get_mut_at(&mut self, customer: CustIx, bucket: u32, latest: i64, now: i64) -> Option<MarkMut<'_>> {
+        self.fit(latest, now);
+        let at = match self.table.get_bucket(bucket as usize) {
             Some(m) if m.customer == customer => Some(bucket as usize),
-            _ => self.0.find_bucket_index(hash(customer), |m| m.customer == customer),
+            _ => self.table.find_bucket_index(hash(customer), |m| m.customer == customer),
         };
-        at.and_then(|i| self.0.get_bucket_mut(i))
+        let epoch = self.epoch;
+        at.and_then(|i| self.table.get_bucket_mut(i))
+            .map(|marks| MarkMut { marks, epoch })
     }
 
     /// Every (customer, marks), in table order.
-    pub fn iter(&self) -> impl Iterator<Item = (CustIx, &Marks)> + '_ {
-        self.0.iter().map(|m| (m.customer, m))
+    pub fn iter(&self) -> impl Iterator<Item = (CustIx, MarkTimes)> + '_ {
+        self.table.iter().map(|m| (m.customer, m.times(self.epoch)))
     }
 
     /// Keeps the marks `keep` returns true for.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Marks) -> bool) {
-        self.0.retain(|m| keep(m));
+    pub fn retain(&mut self, mut keep: impl FnMut(&MarkTimes) -> bool) {
+        let epoch = self.epoch;
+        self.table.retain(|m| keep(&m.times(epoch)));
+    }
+
+    /// Moves the epoch, if need be, so that `ts` is held as it is, or
+    /// holding it as never cannot show (it lies [`LOOKBACK`] or more before
+    /// `now`). The new epoch keeps every time a window may still read:
+    /// [`LOOKBACK`] before the earliest of them when it can, so late
+    /// events find room; if they span more than 49 days, the latest are
+    /// held as the latest time that can be.
+    fn fit(&mut self, ts: i64, now: i64) {
+        if ts == i64::MIN || (ts >= self.epoch && ts.saturating_sub(self.epoch) <= SPAN) {
+            return;
+        }
+        let floor = now.saturating_sub(LOOKBACK);
+        if ts < self.epoch && ts <= floor {
+            return;
+        }
+        let (mut lo, mut hi) = (ts, ts);
+        for m in self.table.iter() {
+            let t = m.times(self.epoch);
+            for t in [t.counted, t.replied, t.paid].into_iter().filter(|&t| t > floor) {
+                (lo, hi) = (lo.min(t), hi.max(t));
+            }
+        }
+        let epoch = lo.saturating_sub(LOOKBACK).max(hi.saturating_sub(SPAN)).min(lo);
+        if epoch != self.epoch {
+            self.rebase(epoch);
+        }
+    }
+
+    /// Re-encodes every entry from `epoch` on.
+    fn rebase(&mut self, epoch: i64) {
+        let old = self.epoch;
+        for m in self.table.iter_mut() {
+            *m = Marks::new(m.customer, &m.times(old), epoch);
+        }
+        self.epoch = epoch;
     }
 }
 
-/// Stored as a map from customer to marks: the bytes the `HashMap` it
-/// replaced wrote, so snapshots read either way.
+/// Stored as a map from customer to [`MarkTimes`]: the bytes the
+/// `HashMap` of 32-byte entries before it wrote, so snapshots read either
+/// way.
 impl Serialize for MarkTable {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        let mut map = serializer.serialize_map(Some(self.table.len()))?;
         for (customer, marks) in self.iter() {
-            map.serialize_entry(&customer, marks)?;
+            map.serialize_entry(&customer, &marks)?;
         }
         map.end()
     }
@@ -150,9 +301,32 @@ impl<'de> Deserialize<'de> for MarkTable {
                 f.write_str("a map of customer indices to marks")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MarkTable, A::Error> {
-                let mut table = MarkTable::default();
-                while let Some((customer, marks)) = map.next_entry::<CustIx, Marks>()? {
-                    *table.entry(customer).1 = Marks { customer, ..marks };
+                let mut read = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry::<CustIx, MarkTimes>()? {
+                    read.push(entry);
+                }
+                // From the oldest time held, so that every time of the
+                // day the snapshot holds comes back as it was.
+                let epoch = read
+                    .iter()
+                    .flat_map(|(_, t)| [t.counted, t.replied, t.paid])
+                    .filter(|&t| t != i64::MIN)
+                    .min()
+                    .unwrap_or(0);
+                let mut table = MarkTable {
+                    table: HashTable::with_capacity(read.len()),
+                    epoch,
+                };
+                for (customer, times) in read {
+                    match table
+                        .table
+                        .entry(hash(customer), |m| m.customer == customer, |m| hash(m.customer))
+                    {
+                        Entry::Occupied(mut o) => *o.get_mut() = Marks::new(customer, &times, epoch),
+                        Entry::Vacant(v) => {
+                            v.insert(Marks::new(customer, &times, epoch));
+                        }
+                    }
                 }
                 Ok(table)
             }
@@ -169,90 +343,164 @@ mod tests {
 
     use super::*;
 
-    fn marks(counted: i64) -> Marks {
-        Marks {
-            counted,
-            ..Marks::default()
-        }
+    /// 2026-11-11 00:00 UTC.
+    const T: i64 = 1_794_355_200_000;
+    const DAY: i64 = 86_400_000;
+
+    fn counted(t: &MarkTable, cu: CustIx) -> Option<i64> {
+        t.get(cu).map(|m| m.counted)
     }
 
     #[test]
     fn a_new_entry_has_every_time_never_and_no_holder() {
         let mut t = MarkTable::default();
-        let (_, m) = t.entry(7);
+        let (_, m) = t.entry(7, T, T);
         assert_eq!(
-            (m.counted, m.replied, m.paid, m.held_by),
-            (i64::MIN, i64::MIN, i64::MIN, NO_CONVERSATION)
+            m.times(),
+            MarkTimes {
+                counted: i64::MIN,
+                replied: i64::MIN,
+                paid: i64::MIN,
+                held_by: NO_CONVERSATION
+            }
         );
         assert!(t.contains(7));
         assert!(!t.contains(8));
     }
 
     #[test]
-    fn an_entry_fills_half_a_cache_line() {
-        assert_eq!(std::mem::size_of::<Marks>(), 32);
+    fn an_entry_takes_20_bytes() {
+        assert_eq!(std::mem::size_of::<Marks>(), 20);
     }
 
     #[test]
     fn snapshot_bytes_equal_those_of_the_hash_map_it_replaced() {
         let mut t = MarkTable::default();
-        t.entry(3).1.counted = 30;
+        t.entry(3, T, T).1.raise_counted(T);
+        t.entry(4, T, T).1.raise_paid(T - 5);
         let mut map = HashMap::new();
-        map.insert(3u32, marks(30));
-        let bytes = postcard::to_allocvec(&map).expect("serializes");
-        assert_eq!(postcard::to_allocvec(&t).expect("serializes"), bytes);
-        let back: MarkTable = postcard::from_bytes(&bytes).expect("reads");
-        assert_eq!(back.get(3).map(|m| m.counted), Some(30));
+        let never = MarkTimes {
+            counted: i64::MIN,
+            replied: i64::MIN,
+            paid: i64::MIN,
+            held_by: NO_CONVERSATION,
+        };
+        map.insert(3u32, MarkTimes { counted: T, ..never });
+        map.insert(4u32, MarkTimes { paid: T - 5, ..never });
+        let mut ours: Vec<(CustIx, MarkTimes)> = t.iter().collect();
+        ours.sort_by_key(|(cu, _)| *cu);
+        let mut theirs: Vec<(CustIx, MarkTimes)> = map.iter().map(|(&cu, &m)| (cu, m)).collect();
+        theirs.sort_by_key(|(cu, _)| *cu);
+        assert_eq!(ours, theirs);
+        // One entry each way, since the order of a map's entries is its own.
+        let one: HashMap<u32, MarkTimes> = HashMap::from([(3, map[&3])]);
+        let mut t3 = MarkTable::default();
+        t3.entry(3, T, T).1.raise_counted(T);
+        let bytes = postcard::to_allocvec(&one).expect("serializes");
+        assert_eq!(postcard::to_allocvec(&t3).expect("serializes"), bytes);
+        let back: MarkTable = postcard::from_bytes(&postcard::to_allocvec(&map).expect("serializes")).expect("reads");
+        assert_eq!(back.get(3), Some(map[&3]));
+        assert_eq!(back.get(4), Some(map[&4]));
     }
 
     #[test]
     fn a_stale_bucket_still_finds_its_customer() {
         let mut t = MarkTable::default();
-        let (bucket, m) = t.entry(1);
-        m.counted = 10;
+        let (bucket, mut m) = t.entry(1, T, T);
+        m.raise_counted(T + 10);
         // Growing the table moves entries to other buckets.
         for cu in 2..1_000 {
-            t.entry(cu).1.counted = i64::from(cu) * 10;
+            t.entry(cu, T + 1_000, T).1.raise_counted(T + i64::from(cu) * 10);
         }
-        assert_eq!(t.get_mut_at(1, bucket).map(|m| m.counted), Some(10));
+        let at = |t: &mut MarkTable, cu, b| t.get_mut_at(cu, b, T, T).map(|m| m.times().counted);
+        assert_eq!(at(&mut t, 1, bucket), Some(T + 10));
         for (cu, stale) in [(500, bucket), (999, u32::MAX), (2, 0)] {
-            assert_eq!(t.get_mut_at(cu, stale).map(|m| m.counted), Some(i64::from(cu) * 10));
+            assert_eq!(at(&mut t, cu, stale), Some(T + i64::from(cu) * 10));
         }
-        assert!(t.get_mut_at(5_000, bucket).is_none());
+        assert!(at(&mut t, 5_000, bucket).is_none());
+    }
+
+    #[test]
+    fn every_time_a_window_can_read_is_held_exactly() {
+        let mut t = MarkTable::default();
+        // Before any clock (a wall-clock engine not yet ticked): held.
+        t.entry(1, T, 0).1.raise_counted(T);
+        t.entry(2, T - 3_600_000, 0).1.raise_counted(T - 3_600_000);
+        assert_eq!((counted(&t, 1), counted(&t, 2)), (Some(T), Some(T - 3_600_000)));
+        // A late event just inside the lookback, and one 40 days ahead of
+        // the clock (stamped in the future): both exact, the others kept.
+        t.entry(3, T - LOOKBACK + 1, T).1.raise_counted(T - LOOKBACK + 1);
+        t.entry(4, T + 40 * DAY, T).1.raise_counted(T + 40 * DAY);
+        assert_eq!(counted(&t, 3), Some(T - LOOKBACK + 1));
+        assert_eq!(counted(&t, 4), Some(T + 40 * DAY));
+        assert_eq!((counted(&t, 1), counted(&t, 2)), (Some(T), Some(T - 3_600_000)));
+        // Two months on, by the event clock: the new time is exact; those
+        // no window reads any more may read as never.
+        let later = T + 60 * DAY;
+        t.entry(5, later, later).1.raise_counted(later);
+        assert_eq!(counted(&t, 5), Some(later));
+        for (cu, was) in [(1, T), (2, T - 3_600_000), (3, T - LOOKBACK + 1), (4, T + 40 * DAY)] {
+            let read = counted(&t, cu).expect("kept until the clean-up");
+            assert!(read == was || read == i64::MIN, "{read}");
+        }
+    }
+
+    #[test]
+    fn a_time_too_far_ahead_of_the_clock_is_held_as_the_latest_that_can_be() {
+        let mut t = MarkTable::default();
+        t.entry(1, T, T).1.raise_counted(T);
+        t.entry(2, T + 100 * DAY, T).1.raise_counted(T + 100 * DAY);
+        assert_eq!(counted(&t, 1), Some(T), "what a window reads now is kept");
+        let far = counted(&t, 2).expect("held");
+        assert!(far > T + 45 * DAY && far <= T + 100 * DAY, "{far}");
     }
 
     proptest! {
         /// Inserts, updates, lookups by (possibly stale) bucket and
-        /// clean-ups against a `HashMap`.
+        /// clean-ups against a `HashMap`, under a clock that moves on
+        /// (now and then by months) and times up to three days either
+        /// side of it: every time within [`LOOKBACK`] of the clock reads
+        /// exactly; an older one as some time no window reads (itself,
+        /// never, or a later write just as old).
         #[test]
-        fn matches_a_hash_map(ops in prop::collection::vec((0u32..300, any::<i64>(), 0u8..10), 0..2000)) {
+        fn matches_a_hash_map_wherever_a_window_can_read(
+            ops in prop::collection::vec((0u32..300, -3 * DAY..3 * DAY, 0u8..12, 0i64..3_600_000), 0..2000)
+        ) {
             let mut t = MarkTable::default();
             let mut model: HashMap<CustIx, i64> = HashMap::new();
             let mut buckets: HashMap<CustIx, u32> = HashMap::new();
-            for (cu, v, op) in ops {
+            let mut now = T;
+            let same = |got: Option<i64>, want: Option<i64>, now: i64| match (got, want) {
+                (Some(g), Some(w)) if w <= now - LOOKBACK => g <= now - LOOKBACK,
+                (g, w) => g == w,
+            };
+            for (cu, dt, op, step) in ops {
+                now += if op == 11 { 60 * DAY } else { step };
+                let ts = now + dt;
                 match op {
                     0 => {
-                        t.retain(|m| m.counted % 3 != 0);
-                        model.retain(|_, v| *v % 3 != 0);
+                        let floor = now - LOOKBACK;
+                        t.retain(|m| m.counted > floor);
+                        model.retain(|_, v| *v > floor);
                     }
                     1..=3 => {
                         let hint = buckets.get(&cu).copied().unwrap_or(0);
-                        let got = t.get_mut_at(cu, hint).map(|m| {
-                            m.counted = m.counted.max(v);
-                            m.counted
+                        let got = t.get_mut_at(cu, hint, ts, now).map(|mut m| {
+                            m.raise_counted(ts);
+                            m.times().counted
                         });
                         let want = model.get_mut(&cu).map(|e| {
-                            *e = (*e).max(v);
+                            *e = (*e).max(ts);
                             *e
                         });
-                        prop_assert_eq!(got, want);
+                        prop_assert!(same(got, want, now), "{got:?} {want:?}");
                     }
                     _ => {
-                        let (bucket, m) = t.entry(cu);
-                        m.counted = m.counted.max(v);
+                        let (bucket, mut m) = t.entry(cu, ts, now);
+                        m.raise_counted(ts);
                         buckets.insert(cu, bucket);
                         let e = model.entry(cu).or_insert(i64::MIN);
-                        *e = (*e).max(v);
+                        *e = (*e).max(ts);
                     }
                 }
             }
@@ -260,7 +508,11 @@ mod tests {
             let mut want: Vec<(CustIx, i64)> = model.into_iter().collect();
             got.sort_unstable();
             want.sort_unstable();
-            prop_assert_eq!(&got, &want);
+            prop_assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                prop_assert_eq!(g.0, w.0);
+                prop_assert!(same(Some(g.1), Some(w.1), now), "{g:?} {w:?}");
+            }
             let back: MarkTable = postcard::from_bytes(&postcard::to_allocvec(&t).expect("serializes")).expect("reads");
             let mut again: Vec<(CustIx, i64)> = back.iter().map(|(cu, m)| (cu, m.counted)).collect();
             again.sort_unstable();

@@ -612,18 +612,29 @@ impl Partial {
     /// conversation `c` to `ts` at least; `a` is this partial's agent, to
     /// whom `c` is assigned. The first time goes to the partial's table,
     /// where the conversation takes the mark if no other holds it; later
-    /// ones stay in the conversation.
-    fn mark(&mut self, conversations: &mut Slab<Flat<Conversation>>, c: ConvIx, a: AgentIx, time: MarkTime, ts: i64) {
+    /// ones stay in the conversation. `now` is the engine's.
+    fn mark(
+        &mut self,
+        conversations: &mut Slab<Flat<Conversation>>,
+        c: ConvIx,
+        a: AgentIx,
+        time: MarkTime,
+        ts: i64,
+        now: i64,
+    ) {
         let conversation = &mut conversations[c];
         debug_assert_eq!(conversation.agent, Some(a));
         if conversation.holds_mark {
             time.advance(&mut conversation.counted, &mut conversation.replied, ts);
             return;
         }
-        let (bucket, m) = self.marks.entry(conversation.customer);
-        time.advance(&mut m.counted, &mut m.replied, ts);
-        if m.held_by == NO_CONVERSATION {
-            m.held_by = c;
+        let (bucket, mut m) = self.marks.entry(conversation.customer, ts, now);
+        match time {
+            MarkTime::Counted => m.raise_counted(ts),
+            MarkTime::Replied => m.raise_replied(ts),
+        }
+        if m.held_by() == NO_CONVERSATION {
+            m.set_held_by(c);
             conversation.holds_mark = true;
             conversation.mark_bucket = bucket;
         }
@@ -804,8 +815,8 @@ impl Shop {
 
     /// Folds the mark conversation `c` holds, if any, back into its
     /// agent's table: before the conversation's agent or customer changes
-    /// or it closes.
-    fn release_mark(&mut self, c: ConvIx) {
+    /// or it closes. `now` is the engine's.
+    fn release_mark(&mut self, c: ConvIx, now: i64) {
         let conversation = &mut self.conversations[c];
         if !std::mem::take(&mut conversation.holds_mark) {
             return;
@@ -813,14 +824,18 @@ impl Shop {
         let counted = std::mem::replace(&mut conversation.counted, i64::MIN);
         let replied = std::mem::replace(&mut conversation.replied, i64::MIN);
         let a = conversation.agent.expect("a held mark has an agent");
-        let m = self
+        let mut m = self
             .partials
             .get_mut(&a)
-            .and_then(|p| p.marks.get_mut_at(conversation.customer, conversation.mark_bucket))
+            .and_then(|p| {
+                let latest = counted.max(replied);
+                p.marks
+                    .get_mut_at(conversation.customer, conversation.mark_bucket, latest, now)
+            })
             .expect("a held mark is in its agent's table");
-        m.counted = m.counted.max(counted);
-        m.replied = m.replied.max(replied);
-        m.held_by = NO_CONVERSATION;
+        m.raise_counted(counted);
+        m.raise_replied(replied);
+        m.set_held_by(NO_CONVERSATION);
     }
 
     fn touch_customer(&mut self, ix: CustIx, ts: i64) {
@@ -1745,6 +1760,7 @@ impl Engine {
 
     /// The conversation's index, opening it for `customer` if new.
     fn open_conversation(&mut self, s: ShopIx, at: ConvLookup<'_>, customer: CustIx, ts: i64) -> ConvIx {
+        let now = self.now;
         let shop = &mut self.shops[s as usize];
         let key = at.key;
         let found = at.found.or_else(|| shop.conversation_ix.get(key));
@@ -1769,7 +1785,7 @@ impl Engine {
             }
         };
         if !is_new && shop.conversations[ix].customer != customer {
-            shop.release_mark(ix);
+            shop.release_mark(ix, now);
         }
         let c = &mut shop.conversations[ix];
         c.last_ts = c.last_ts.max(ts);
@@ -1813,7 +1829,7 @@ impl Engine {
             conversations,
             mut rules,
         } = self.parts(s, a);
-        p.mark(conversations, c, a, MarkTime::Counted, ts);
+        p.mark(conversations, c, a, MarkTime::Counted, ts, rules.now);
         if starts {
             p.waits.add(ts);
             if !rules.waiting(p, false) {
@@ -1846,7 +1862,7 @@ impl Engine {
             conversations,
             mut rules,
         } = self.parts(s, a);
-        p.mark(conversations, c, a, MarkTime::Replied, ts);
+        p.mark(conversations, c, a, MarkTime::Replied, ts, rules.now);
         let Some((start, first)) = answered else {
             return;
         };
@@ -1864,12 +1880,13 @@ impl Engine {
 
     /// Assigns conversation `c` to agent `a`, moving its open wait along.
     fn assign(&mut self, s: ShopIx, c: ConvIx, a: AgentIx, ts: i64) {
+        let now = self.now;
         let shop = &mut self.shops[s as usize];
         let conversation = &mut shop.conversations[c];
         if conversation.agent == Some(a) {
             return;
         }
-        shop.release_mark(c);
+        shop.release_mark(c, now);
         let conversation = &mut shop.conversations[c];
         let old = conversation.agent.replace(a);
         let wait = conversation.wait_start;
@@ -1894,12 +1911,12 @@ impl Engine {
         let Parts {
             partial: p,
             conversations,
-            ..
+            rules,
         } = self.parts(s, a);
         p.open_conversations += 1;
         if let Some(start) = wait {
             p.waits.add(start);
-            p.mark(conversations, c, a, MarkTime::Counted, ts);
+            p.mark(conversations, c, a, MarkTime::Counted, ts, rules.now);
         }
         if let Some(o) = old {
             self.mark_agent(o);
@@ -1915,11 +1932,12 @@ impl Engine {
 
     /// Closes the conversation whose [`id_key`] is `key`, if open.
     fn close(&mut self, s: ShopIx, key: IdKey) {
+        let now = self.now;
         let shop = &mut self.shops[s as usize];
         let Some(ix) = shop.conversation_ix.remove(key) else {
             return;
         };
-        shop.release_mark(ix);
+        shop.release_mark(ix, now);
         let c = shop.conversations.remove(ix).expect("indexed conversations are live");
         if let Some(cust) = shop.customers.get_mut(c.customer) {
             cust.open -= 1;
@@ -2007,8 +2025,8 @@ impl Engine {
             Some((cu, a)) => {
                 self.record(s, Some(a), MarkKind::Order, amount, ts);
                 self.shops[s as usize].touch_customer(cu, ts);
-                let m = self.partial(s, a).marks.entry(cu).1;
-                m.paid = m.paid.max(ts);
+                let now = self.now;
+                self.partial(s, a).marks.entry(cu, ts, now).1.raise_paid(ts);
             }
             None => self.record(s, None, MarkKind::SilentOrder, amount, ts),
         }
