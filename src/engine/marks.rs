@@ -4,7 +4,7 @@
 //! A `HashMap` would do, but a lookup there reads the table's control
 //! bytes, then the entry they point at: two cold lines, the second waiting
 //! on the first. An open conversation holding a mark (see
-//! [`Marks::held_by`]) keeps the bucket its mark sat in when it took it,
+//! [`MarkTimes::held_by`]) keeps the bucket its mark sat in when it took it,
 //! and when it lets the mark go (closed, transferred) both lines are read
 //! at once from that index. An index gone stale (the table grew since)
 //! is seen by its key and the lookup goes the usual way.
@@ -15,14 +15,14 @@
 //! holds a day of marks, many millions of them, so their bytes are fresh
 //! memory and cache misses (BENCHMARKS.md, *Marks in 20 bytes*).
 //!
-//! The epoch is chosen so that what the 32 bits cannot hold never shows:
-//! it stays at least [`LOOKBACK`] before `now`, and a time older than the
-//! epoch is held as never, since no window reaches that far back (the
-//! clean-up would drop it anyway). A time more than ~47 days after the
-//! epoch moves the epoch up, re-encoding the table; a time that still
-//! cannot be held (stamped more than ~47 days ahead of the clock) is held
-//! as the latest time that can, which every window treats alike until the
-//! clock comes within weeks of it.
+//! What 32 bits cannot hold never shows. A time older than the epoch is
+//! held as never only when it lies [`LOOKBACK`] or more before `now`,
+//! where no window and no clean-up tells it from never. Any other time
+//! that does not fit moves the epoch, re-encoding the table, to
+//! [`LOOKBACK`] before the earliest time a window can still read. A time
+//! that even then cannot be held (stamped more than ~47 days ahead of the
+//! clock) is held as the latest that can be, which every window treats
+//! alike until the clock comes within weeks of it.
 
 use std::fmt;
 
@@ -168,6 +168,11 @@ pub(super) struct MarkTable {
     table: HashTable<Marks>,
     /// What the entries' times count from (see the module's docs).
     epoch: i64,
+    /// Until this `now`, a time too far ahead to hold is held as the
+    /// latest that can be without looking for an epoch that would hold
+    /// it: the last look found none. A sender whose clock runs months
+    /// ahead thus costs one pass over the table a day, not one an event.
+    far_until: Option<i64>,
 }
 
 /// The hash of a customer index. Indices are dense slab indices: the
@@ -256,6 +261,9 @@ impl MarkTable {
         if ts < self.epoch && ts <= floor {
             return;
         }
+        if ts > self.epoch && self.far_until.is_some_and(|until| now < until) {
+            return;
+        }
         let (mut lo, mut hi) = (ts, ts);
         for m in self.table.iter() {
             let t = m.times(self.epoch);
@@ -267,6 +275,7 @@ impl MarkTable {
         if epoch != self.epoch {
             self.rebase(epoch);
         }
+        self.far_until = (ts.saturating_sub(epoch) > SPAN).then(|| now.saturating_add(LOOKBACK));
     }
 
     /// Re-encodes every entry from `epoch` on.
@@ -316,6 +325,7 @@ impl<'de> Deserialize<'de> for MarkTable {
                 let mut table = MarkTable {
                     table: HashTable::with_capacity(read.len()),
                     epoch,
+                    far_until: None,
                 };
                 for (customer, times) in read {
                     match table
@@ -453,6 +463,11 @@ mod tests {
         assert_eq!(counted(&t, 1), Some(T), "what a window reads now is kept");
         let far = counted(&t, 2).expect("held");
         assert!(far > T + 45 * DAY && far <= T + 100 * DAY, "{far}");
+        // More of them within the day are held the same way, and times
+        // near the clock still exactly.
+        t.entry(3, T + 200 * DAY, T + 1).1.raise_counted(T + 200 * DAY);
+        t.entry(4, T + 5, T + 5).1.raise_counted(T + 5);
+        assert_eq!((counted(&t, 3), counted(&t, 4)), (Some(far), Some(T + 5)));
     }
 
     proptest! {

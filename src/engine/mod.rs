@@ -287,7 +287,7 @@ struct Conversation {
     wait_start: Option<i64>,
     responded: bool,
     /// Whether this conversation holds the mark of (its agent, its
-    /// customer): see [`marks::Marks::held_by`].
+    /// customer): see [`marks::MarkTimes::held_by`].
     holds_mark: bool,
     last_ts: i64,
     /// While `holds_mark`: the mark's latest `counted` and `replied`
@@ -508,7 +508,7 @@ impl<'de> serde::Deserialize<'de> for RecentMessages {
     }
 }
 
-/// Which time of a [`marks::Marks`] an event moves.
+/// Which time of a customer's marks ([`marks::MarkTimes`]) an event moves.
 #[derive(Debug, Clone, Copy)]
 enum MarkTime {
     Counted,
