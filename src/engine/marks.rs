@@ -33,7 +33,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::slab::{Flat, Slab};
-use super::{ConvIx, Conversation, CustIx, MARK_RETENTION_MS};
+use super::{ConvIx, Conversation, CustIx, MARK_RETENTION_MS, MarkTime};
 
 /// How far before `now` the oldest time a window or the clean-up reads
 /// may lie: the clean-up's retention, longer than any day (25 h with a
@@ -141,6 +141,14 @@ impl MarkMut<'_> {
     /// Moves `replied` to `ts` at least.
     pub fn raise_replied(&mut self, ts: i64) {
         self.marks.replied = self.marks.replied.max(encode(ts, self.epoch));
+    }
+
+    /// Moves `time` (counted or replied) to `ts` at least.
+    pub fn raise(&mut self, time: MarkTime, ts: i64) {
+        match time {
+            MarkTime::Counted => self.raise_counted(ts),
+            MarkTime::Replied => self.raise_replied(ts),
+        }
     }
 
     /// Moves `paid` to `ts` at least.

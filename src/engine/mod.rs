@@ -629,10 +629,7 @@ impl Partial {
             return;
         }
         let (bucket, mut m) = self.marks.entry(conversation.customer, ts, now);
-        match time {
-            MarkTime::Counted => m.raise_counted(ts),
-            MarkTime::Replied => m.raise_replied(ts),
-        }
+        m.raise(time, ts);
         if m.held_by() == NO_CONVERSATION {
             m.set_held_by(c);
             conversation.holds_mark = true;
