@@ -27,7 +27,7 @@
 use std::fmt;
 
 use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
+use hashbrown::hash_table::{Entry, OccupiedEntry};
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -95,6 +95,14 @@ pub(super) struct MarkTimes {
 }
 
 impl MarkTimes {
+    /// Every time never, held by no conversation: a new entry.
+    pub const NEVER: Self = Self {
+        counted: i64::MIN,
+        replied: i64::MIN,
+        paid: i64::MIN,
+        held_by: NO_CONVERSATION,
+    };
+
     /// `counted` and `replied` in force: the later of the table's and the
     /// holding conversation's.
     pub fn counted_replied(&self, conversations: &Slab<Flat<Conversation>>) -> (i64, i64) {
@@ -207,21 +215,9 @@ impl MarkTable {
     /// back).
     pub fn entry(&mut self, customer: CustIx, latest: i64, now: i64) -> (u32, MarkMut<'_>) {
         self.fit(latest, now);
-        let entry = match self
-            .table
-            .entry(hash(customer), |m| m.customer == customer, |m| hash(m.customer))
-        {
-            Entry::Occupied(o) => o,
-            Entry::Vacant(v) => v.insert(Marks {
-                counted: 0,
-                replied: 0,
-                paid: 0,
-                held_by: NO_CONVERSATION,
-                customer,
-            }),
-        };
-        let bucket = u32::try_from(entry.bucket_index()).expect("fewer than 2^32 buckets");
         let epoch = self.epoch;
+        let entry = self.slot(customer);
+        let bucket = u32::try_from(entry.bucket_index()).expect("fewer than 2^32 buckets");
         (
             bucket,
             MarkMut {
@@ -229,6 +225,18 @@ impl MarkTable {
                 epoch,
             },
         )
+    }
+
+    /// The customer's entry, inserted with every time never if it has none.
+    fn slot(&mut self, customer: CustIx) -> OccupiedEntry<'_, Marks> {
+        let epoch = self.epoch;
+        match self
+            .table
+            .entry(hash(customer), |m| m.customer == customer, |m| hash(m.customer))
+        {
+            Entry::Occupied(o) => o,
+            Entry::Vacant(v) => v.insert(Marks::new(customer, &MarkTimes::NEVER, epoch)),
+        }
     }
 
     /// The customer's marks, looked for first in `bucket`; ready to take
@@ -336,15 +344,7 @@ impl<'de> Deserialize<'de> for MarkTable {
                     far_until: None,
                 };
                 for (customer, times) in read {
-                    match table
-                        .table
-                        .entry(hash(customer), |m| m.customer == customer, |m| hash(m.customer))
-                    {
-                        Entry::Occupied(mut o) => *o.get_mut() = Marks::new(customer, &times, epoch),
-                        Entry::Vacant(v) => {
-                            v.insert(Marks::new(customer, &times, epoch));
-                        }
-                    }
+                    *table.slot(customer).get_mut() = Marks::new(customer, &times, epoch);
                 }
                 Ok(table)
             }
@@ -397,12 +397,7 @@ mod tests {
         t.entry(3, T, T).1.raise_counted(T);
         t.entry(4, T, T).1.raise_paid(T - 5);
         let mut map = HashMap::new();
-        let never = MarkTimes {
-            counted: i64::MIN,
-            replied: i64::MIN,
-            paid: i64::MIN,
-            held_by: NO_CONVERSATION,
-        };
+        let never = MarkTimes::NEVER;
         map.insert(3u32, MarkTimes { counted: T, ..never });
         map.insert(4u32, MarkTimes { paid: T - 5, ..never });
         let mut ours: Vec<(CustIx, MarkTimes)> = t.iter().collect();
