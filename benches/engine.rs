@@ -410,6 +410,10 @@ fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
 /// the counted events' rate: one run, for finding where a desk's time
 /// goes (with `perf`), not a figure for BENCHMARKS.md's table, which takes
 /// the best of three.
+///
+/// `--reserve=MIB` first has another thread fault in and free that much
+/// memory, as `serve` does on its main thread for
+/// `server.reserve_memory_mib` before its engine thread starts.
 fn bench_count(args: &[String]) {
     let warm_up = flag(args, "--after=", 1_000_000, "--after=N takes a count of events");
     let count = flag(args, "--count=", 500_000, "--count=N takes a count of events");
@@ -417,6 +421,19 @@ fn bench_count(args: &[String]) {
     let shops = (agents / 40).max(1);
     let pace = flag(args, "--pace=", 1, "--pace=N takes a whole multiple of the usual pace");
     let hot = args.iter().any(|a| a == "--hot");
+    let reserve_mib = flag(args, "--reserve=", 0u64, "--reserve=MIB takes a count of MiB");
+    if reserve_mib > 0 {
+        let start = Instant::now();
+        let bytes = std::thread::spawn(move || deskpulse::allocator::reserve(reserve_mib << 20))
+            .join()
+            .expect("the reserving thread");
+        println!(
+            "reserve: {} MiB faulted in and freed in {:.1} s; the process holds {} MiB",
+            bytes >> 20,
+            start.elapsed().as_secs_f64(),
+            rss_bytes() >> 20
+        );
+    }
     let mut engine = Engine::new(Arc::new(Settings {
         clock: Clock::Wall,
         ..Settings::default()

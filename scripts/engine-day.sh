@@ -14,6 +14,8 @@
 #   scripts/engine-day.sh 3 /tmp/engine-old /tmp/engine-new
 #   EVENTS=60000000 scripts/engine-day.sh 3 ...
 #   HOT=1 scripts/engine-day.sh 3 ...   # each frame in cache, as `serve` applies it (`--hot`)
+#   scripts/engine-day.sh 2 /tmp/engine-new '/tmp/engine-new --reserve=4096'
+#                                       # a build may come with arguments of `count`, in one word
 set -euo pipefail
 rounds=$1
 shift
@@ -29,14 +31,15 @@ trap 'rm -f "$out"' EXIT
 # run of a round read half the second's, whichever build it was).
 for round in $(seq "$rounds"); do
   for k in $(seq 0 $(($# - 1))); do
-    bin=${bins[$(((k + round) % $#))]}
+    build=${bins[$(((k + round) % $#))]}
+    read -r -a run <<<"$build"
     # With `--every` equal to `--after`, the warm-up prints one line for
     # all of it: "warm-up: events 0..N: R M events/s, the process grew by
     # G bytes an event".
-    line=$("$bin" count --after="$events" --every="$events" --count=1 "${hot[@]}" | grep '^warm-up')
+    line=$("${run[@]}" count --after="$events" --every="$events" --count=1 "${hot[@]}" | grep '^warm-up')
     rate=$(sed -E 's/.*: ([0-9.]+) M events\/s.*/\1/' <<<"$line")
     grew=$(sed -E 's/.*grew by ([0-9]+) bytes.*/\1/' <<<"$line")
-    printf '%s\t%s\t%s\n' "$(basename "$bin")" "$rate" "$grew" | tee -a "$out"
+    printf '%s\t%s\t%s\n' "$(basename "$build")" "$rate" "$grew" | tee -a "$out"
   done
 done
 python3 - "$out" "$@" <<'PY'

@@ -17,6 +17,14 @@
 //! starts, before `main`, and setting one from Rust would take `unsafe`
 //! (which the workspace forbids); so the process restarts itself in place
 //! with the variable set.
+//!
+//! Kept memory still has to be faulted in once. A desk's first day (or a
+//! big-sale night past every earlier size) grows its tables all day, and
+//! each new page then costs the engine thread the kernel's zeroing of it:
+//! over a 48 M-event day of the 1 000-agent desk, with every page faulted
+//! in before the first event, the engine applied 22 % more events a
+//! second (BENCHMARKS.md, *Memory faulted in before the day*).
+//! [`reserve`] does that at start, for `server.reserve_memory_mib`.
 
 /// The variable mimalloc reads its purge delay from, in ms.
 pub const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
@@ -56,9 +64,66 @@ fn restart() {
 #[cfg(not(unix))]
 fn restart() {}
 
+/// The pieces [`reserve`] takes memory in. Small enough that mimalloc
+/// carves them from its arenas, whose pages it hands to any size of
+/// allocation later, on any thread; a single huge block would go straight
+/// back to the OS when freed.
+const PIECE: usize = 64 << 10;
+
+/// The stride at which [`reserve`] writes: one byte a base page faults the
+/// whole page in (and with transparent huge pages, its 2 MiB page).
+const PAGE: usize = 4 << 10;
+
+/// Faults in at least `bytes` of memory, one write a page, and frees it
+/// again; with purging off ([`keep_freed_memory`]) mimalloc keeps it, so
+/// the tables the engine grows into later take pages the kernel has
+/// already zeroed. Returns the bytes touched (`bytes` rounded up to whole
+/// [`PIECE`]s). It takes as long as the kernel takes to zero them: from
+/// 0.1 to 2.5 ns a byte on the VMs measured, so up to 11 s for 4 GiB.
+/// Under another purge delay the pages go back to the OS after that delay
+/// and this only costs time; see [`purges`].
+pub fn reserve(bytes: u64) -> u64 {
+    let pieces = usize::try_from(bytes.div_ceil(PIECE as u64)).unwrap_or(usize::MAX);
+    let mut held: Vec<Vec<u8>> = Vec::with_capacity(pieces);
+    for _ in 0..pieces {
+        let mut piece = vec![0u8; PIECE];
+        for byte in piece.iter_mut().step_by(PAGE) {
+            *byte = 1;
+        }
+        held.push(piece);
+    }
+    // The writes must happen, though nothing reads them.
+    std::hint::black_box(&mut held);
+    (held.len() * PIECE) as u64
+}
+
+/// How this process's freed memory goes back to the OS, unless it never
+/// does ([`NEVER`]): the operator's own delay, or mimalloc's default when
+/// the restart of [`keep_freed_memory`] failed. [`reserve`]d memory does
+/// not stay under either.
+pub fn purges() -> Option<String> {
+    match std::env::var(PURGE_DELAY_VAR) {
+        Ok(delay) if delay == NEVER => None,
+        Ok(delay) => Some(format!("{PURGE_DELAY_VAR}={delay}")),
+        Err(_) => Some("mimalloc's default purge delay".to_owned()),
+    }
+}
+
 #[cfg(unix)]
 fn report(e: &std::io::Error) {
     eprintln!(
         "deskpulse: could not restart with {PURGE_DELAY_VAR}={NEVER} ({e}); running with mimalloc's default purge delay"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_touches_whole_pieces() {
+        assert_eq!(reserve(0), 0);
+        assert_eq!(reserve(1), PIECE as u64);
+        assert_eq!(reserve(PIECE as u64 + 1), 2 * PIECE as u64);
+    }
 }

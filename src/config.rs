@@ -187,7 +187,16 @@ pub struct ServerConfig {
     /// Origins allowed for browser WebSockets besides the server's own host.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// MiB of memory faulted in at start and kept for the engine's tables
+    /// to grow into ([`crate::allocator::reserve`]); 0, the default, takes
+    /// none.
+    #[serde(default)]
+    pub reserve_memory_mib: u64,
 }
+
+/// The most `server.reserve_memory_mib` may ask for; whether the machine
+/// has it is checked when `serve` starts.
+const MAX_RESERVE_MIB: u64 = 1 << 20;
 
 fn default_push() -> u64 {
     1000
@@ -202,6 +211,7 @@ impl Default for ServerConfig {
             push_interval_ms: default_push(),
             snapshot_every_events: default_snapshot_events(),
             allowed_origins: Vec::new(),
+            reserve_memory_mib: 0,
         }
     }
 }
@@ -299,6 +309,12 @@ impl Config {
         }
         if self.server.push_interval_ms < 50 || self.server.push_interval_ms > 60_000 {
             return Err(invalid("server.push_interval_ms", "must be between 50 and 60000"));
+        }
+        if self.server.reserve_memory_mib > MAX_RESERVE_MIB {
+            return Err(invalid(
+                "server.reserve_memory_mib",
+                format!("must be at most {MAX_RESERVE_MIB} (1 TiB)"),
+            ));
         }
         Ok(())
     }
@@ -431,6 +447,21 @@ teams = ["night-shift"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("alerts.shops.x.clear_ms"), "{e}");
+    }
+
+    #[test]
+    fn reserve_memory_mib_is_none_by_default_and_at_most_a_tib() {
+        assert_eq!(Config::parse("", "test").unwrap().server.reserve_memory_mib, 0);
+        let c = Config::parse("[server]\nreserve_memory_mib = 4096\n", "test").unwrap();
+        assert_eq!(c.server.reserve_memory_mib, 4096);
+        let e = Config::parse("[server]\nreserve_memory_mib = 1048577\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.reserve_memory_mib"), "{e}");
+        let e = Config::parse("[server]\nreserve_memory_mib = -1\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reserve_memory_mib"), "{e}");
     }
 
     #[test]

@@ -108,6 +108,42 @@ fn parse_window(s: &str) -> Result<Window, String> {
     Window::parse(s).ok_or_else(|| format!("unknown window `{s}` (today, 1h, 15m, 5m)"))
 }
 
+/// `server.reserve_memory_mib`: refuses more than the machine has free
+/// (where `/proc/meminfo` says), then faults it in before the engine
+/// starts, so a restore and the day's growth take pages already zeroed.
+fn reserve_memory(mib: u64) -> anyhow::Result<()> {
+    if mib == 0 {
+        return Ok(());
+    }
+    if let Some(available) = available_mib() {
+        anyhow::ensure!(
+            mib <= available,
+            "config key `server.reserve_memory_mib`: {mib} MiB is more than the {available} MiB this machine has available"
+        );
+    }
+    if let Some(purge) = deskpulse::allocator::purges() {
+        tracing::warn!(
+            "server.reserve_memory_mib: memory is returned to the OS under {purge}, so the {mib} MiB reserved will not stay reserved"
+        );
+    }
+    let started = std::time::Instant::now();
+    let bytes = deskpulse::allocator::reserve(mib << 20);
+    tracing::info!(
+        mib = bytes >> 20,
+        secs = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "reserved memory for the engine's tables"
+    );
+    Ok(())
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in MiB, where there is one.
+fn available_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib >> 10)
+}
+
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
@@ -176,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "WARNING: deskpulse runs OPEN (no tokens): anyone on this machine can read and write. Add [[tokens]] to a config for real use."
                 );
             }
+            reserve_memory(config.server.reserve_memory_mib)?;
             let options = NodeOptions {
                 data_dir,
                 clock,
@@ -255,6 +292,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.alerts.teams.len()
             );
             println!("  teams: {}, tokens: {}", config.teams.len(), config.tokens.len());
+            if config.server.reserve_memory_mib > 0 {
+                println!("  memory reserved at start: {} MiB", config.server.reserve_memory_mib);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::HashToken { argon2 } => {

@@ -1208,3 +1208,70 @@ async fn an_operators_own_purge_delay_is_kept() {
     assert_eq!(purge_delay_entries(s.pid()), ["MIMALLOC_PURGE_DELAY=250"]);
     assert_eq!(s.get("/healthz", None).await.0, 200);
 }
+
+/// `MemAvailable` of this machine, MiB.
+fn available_mib() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("MemAvailable in /proc/meminfo");
+    kib >> 10
+}
+
+/// The resident memory of process `pid`, MiB.
+fn resident_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read the server's status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in its status");
+    kib >> 10
+}
+
+#[tokio::test]
+async fn memory_reserved_at_start_is_faulted_in_and_kept() {
+    let dir = DataDir::new("reserve");
+    let s = Server::start(&dir.0, Some("[server]\nreserve_memory_mib = 256\n"), "event");
+    // Freed before the engine starts, yet still resident: mimalloc keeps it
+    // for the tables to grow into.
+    let resident = resident_mib(s.pid());
+    assert!(resident >= 256, "{resident} MiB resident");
+    let ts = 1_762_826_400_000;
+    let body = format!("{}\n", customer("r1", ts, "s1", "c1", "u1", Some("a1")));
+    assert_eq!(s.post("/v1/events", None, body.as_bytes()).await.1["accepted"], 1);
+}
+
+#[test]
+fn a_reserve_the_machine_lacks_is_refused_naming_the_key() {
+    let dir = DataDir::new("reserve-too-much");
+    let config = dir.0.join("config.toml");
+    let ask = available_mib() + 1024;
+    std::fs::write(&config, format!("[server]\nreserve_memory_mib = {ask}\n")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_deskpulse"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.0.join("data"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start deskpulse");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for deskpulse") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("deskpulse did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped stderr"), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("server.reserve_memory_mib"), "{stderr}");
+}
