@@ -22,8 +22,8 @@
 //! big-sale night past every earlier size) grows its tables all day, and
 //! each new page then costs the engine thread the kernel's zeroing of it:
 //! over a 48 M-event day of the 1 000-agent desk, with every page faulted
-//! in before the first event, the engine applied 22 % more events a
-//! second (BENCHMARKS.md, *Memory faulted in before the day*).
+//! in before the first event, the engine applied 15–22 % more events a
+//! second in two runs (BENCHMARKS.md, *Memory faulted in before the day*).
 //! [`reserve`] does that at start, for `server.reserve_memory_mib`.
 
 /// The variable mimalloc reads its purge delay from, in ms.
