@@ -115,7 +115,7 @@ fn reserve_memory(mib: u64) -> anyhow::Result<()> {
     if mib == 0 {
         return Ok(());
     }
-    if let Some(available) = available_mib() {
+    if let Some(available) = deskpulse::allocator::proc_kib("/proc/meminfo", "MemAvailable").map(|kib| kib >> 10) {
         anyhow::ensure!(
             mib <= available,
             "config key `server.reserve_memory_mib`: {mib} MiB is more than the {available} MiB this machine has available"
@@ -134,14 +134,6 @@ fn reserve_memory(mib: u64) -> anyhow::Result<()> {
         "reserved memory for the engine's tables"
     );
     Ok(())
-}
-
-/// `MemAvailable` from `/proc/meminfo`, in MiB, where there is one.
-fn available_mib() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib >> 10)
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {

@@ -1211,24 +1211,12 @@ async fn an_operators_own_purge_delay_is_kept() {
 
 /// `MemAvailable` of this machine, MiB.
 fn available_mib() -> u64 {
-    let info = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
-    let kib: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("MemAvailable in /proc/meminfo");
-    kib >> 10
+    deskpulse::allocator::proc_kib("/proc/meminfo", "MemAvailable").expect("MemAvailable in /proc/meminfo") >> 10
 }
 
 /// The resident memory of process `pid`, MiB.
 fn resident_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read the server's status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS in its status");
-    kib >> 10
+    deskpulse::allocator::proc_kib(&format!("/proc/{pid}/status"), "VmRSS").expect("VmRSS in the server's status") >> 10
 }
 
 #[tokio::test]
@@ -1242,6 +1230,16 @@ async fn memory_reserved_at_start_is_faulted_in_and_kept() {
     let ts = 1_762_826_400_000;
     let body = format!("{}\n", customer("r1", ts, "s1", "c1", "u1", Some("a1")));
     assert_eq!(s.post("/v1/events", None, body.as_bytes()).await.1["accepted"], 1);
+    // An operator sees both in /metrics.
+    let (_, metrics) = s.http("GET", "/metrics", None, b"").await;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}"))
+    };
+    assert_eq!(value("deskpulse_reserved_memory_bytes"), f64::from(256u32 << 20));
+    assert!(value("process_resident_memory_bytes") >= f64::from(256u32 << 20));
 }
 
 #[test]

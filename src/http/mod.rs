@@ -797,6 +797,20 @@ async fn metrics(State(app): AppState) -> Result<Response> {
         "1 while the log can write.",
         vec![(String::new(), if app.node.storage_ok() { 1.0 } else { 0.0 })],
     );
+    if let Some(kib) = crate::allocator::proc_kib("/proc/self/status", "VmRSS") {
+        metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the process.",
+            vec![(String::new(), (kib << 10) as f64)],
+        );
+    }
+    metric(
+        "deskpulse_reserved_memory_bytes",
+        "gauge",
+        "Memory faulted in at start for the engine to grow into (server.reserve_memory_mib).",
+        vec![(String::new(), crate::allocator::reserved() as f64)],
+    );
     histogram(
         &mut out,
         "deskpulse_ingest_ack_seconds",
