@@ -1,4 +1,5 @@
-//! How the binaries set up mimalloc, their allocator.
+//! How the binaries set up mimalloc, their allocator, and read what
+//! memory the process and the machine hold.
 //!
 //! mimalloc hands memory a program frees back to the OS after a delay
 //! (its purge delay, 1 s in the version built here), and the next time
