@@ -126,6 +126,7 @@ fn reserve_memory(mib: u64) -> anyhow::Result<()> {
             "server.reserve_memory_mib: memory is returned to the OS under {purge}, so the {mib} MiB reserved will not stay reserved"
         );
     }
+    tracing::info!(mib, "reserving memory for the engine's tables before listening");
     let started = std::time::Instant::now();
     let bytes = deskpulse::allocator::reserve(mib << 20);
     tracing::info!(
