@@ -195,14 +195,9 @@ fn settings() -> Arc<Settings> {
     })
 }
 
+/// The process's resident memory, as `/metrics` reports it.
 fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
+    deskpulse::allocator::proc_kib("/proc/self/status", "VmRSS").unwrap_or(0) << 10
 }
 
 /// Prints how fast this host hands out fresh memory, which sets much of
