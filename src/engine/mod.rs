@@ -1033,6 +1033,9 @@ pub const ENTRY_AHEAD: usize = 4;
 /// How many events ahead [`Engine::apply_batch`] reads the conversation and
 /// fetches its customer and its agent's partial.
 pub const PARTIAL_AHEAD: usize = 2;
+/// How many events ahead [`Engine::apply_batch`] reads the partial's mark
+/// table (fetched the stage before) and fetches the customer's line of it.
+pub const MARKS_AHEAD: usize = 1;
 
 /// An event's keys, each id hashed once, and what the look-ahead of
 /// [`Engine::apply_batch`] found out about it.
@@ -1344,12 +1347,14 @@ impl Engine {
     /// Faster than one call per event: the memory an event will touch is
     /// cold on a desk of any size (its duplicate-set slot, its conversation
     /// and customer, the agent's partial), and each fetch depends on the
-    /// one before. So the batch looks ahead in three stages, each a few
+    /// one before. So the batch looks ahead in four stages, each a few
     /// events before the event is applied, and each finding in cache what
     /// the stage before asked for: [`INDEX_AHEAD`] events ahead, the
     /// duplicate-set slot and the conversation's index slot;
     /// [`ENTRY_AHEAD`], the conversation entry; [`PARTIAL_AHEAD`], its
-    /// customer and its agent's partial. Each id is hashed once.
+    /// customer and its agent's partial; one ahead, the line of that
+    /// partial's mark table the customer's lookup starts on. Each id is
+    /// hashed once.
     pub fn apply_batch(&mut self, events: &[Event]) -> Vec<Applied> {
         let mut ahead: Vec<Ahead> = events.iter().map(Ahead::of).collect();
         let per_event = self.settings.clock == Clock::Event;
@@ -1366,6 +1371,9 @@ impl Engine {
             }
             if let Some(a) = at(PARTIAL_AHEAD).and_then(|i| ahead.get(i)) {
                 self.fetch_partial(a);
+            }
+            if let Some(a) = at(MARKS_AHEAD).and_then(|i| ahead.get(i)) {
+                self.fetch_marks(a);
             }
             let Some(i) = at(0) else {
                 continue;
@@ -1441,6 +1449,20 @@ impl Engine {
         }
         if let Some(p) = conversation.agent.and_then(|agent| shop.partials.get(&agent)) {
             p.prefetch();
+        }
+    }
+
+    /// Fourth stage: the line of the conversation agent's mark table the
+    /// customer's lookup starts on (the conversation's first mark there,
+    /// and a held mark released, read it).
+    fn fetch_marks(&self, a: &Ahead) {
+        let Some(s) = a.shop else { return };
+        let shop = &self.shops[s as usize];
+        let Some(conversation) = a.found.and_then(|c| shop.conversations.get(c)) else {
+            return;
+        };
+        if let Some(p) = conversation.agent.and_then(|agent| shop.partials.get(&agent)) {
+            p.marks.prefetch(conversation.customer);
         }
     }
 
