@@ -118,6 +118,11 @@ impl MarkTimes {
 }
 
 impl Marks {
+    /// Whether this slot holds a customer's marks ([`EMPTY`] does not).
+    fn is_held(&self) -> bool {
+        self.customer != EMPTY_CUSTOMER
+    }
+
     fn times(&self, epoch: i64) -> MarkTimes {
         MarkTimes {
             counted: decode(self.counted, epoch),
@@ -245,7 +250,7 @@ impl MarkTable {
     fn place(&mut self, m: Marks) -> usize {
         let mask = self.slots.len() - 1;
         let mut i = self.home(m.customer);
-        while self.slots[i].customer != EMPTY_CUSTOMER {
+        while self.slots[i].is_held() {
             i = (i + 1) & mask;
         }
         self.slots[i] = m;
@@ -260,7 +265,7 @@ impl MarkTable {
     /// Doubles the slots (at least 8) and places every entry again.
     fn grow(&mut self) {
         let old = std::mem::replace(&mut self.slots, Self::with_capacity(self.len * 2 + 1));
-        for m in old.into_iter().filter(|m| m.customer != EMPTY_CUSTOMER) {
+        for m in old.into_iter().filter(Marks::is_held) {
             self.place(m);
         }
     }
@@ -330,7 +335,7 @@ impl MarkTable {
     pub fn iter(&self) -> impl Iterator<Item = (CustIx, MarkTimes)> + '_ {
         self.slots
             .iter()
-            .filter(|m| m.customer != EMPTY_CUSTOMER)
+            .filter(|m| m.is_held())
             .map(|m| (m.customer, m.times(self.epoch)))
     }
 
@@ -341,7 +346,7 @@ impl MarkTable {
         let kept: Vec<Marks> = self
             .slots
             .iter()
-            .filter(|m| m.customer != EMPTY_CUSTOMER && keep(&m.times(epoch)))
+            .filter(|m| m.is_held() && keep(&m.times(epoch)))
             .copied()
             .collect();
         if kept.len() == self.len {
@@ -372,7 +377,7 @@ impl MarkTable {
             return;
         }
         let (mut lo, mut hi) = (ts, ts);
-        for m in self.slots.iter().filter(|m| m.customer != EMPTY_CUSTOMER) {
+        for m in self.slots.iter().filter(|m| m.is_held()) {
             let t = m.times(self.epoch);
             for t in [t.counted, t.replied, t.paid].into_iter().filter(|&t| t > floor) {
                 (lo, hi) = (lo.min(t), hi.max(t));
@@ -388,7 +393,7 @@ impl MarkTable {
     /// Re-encodes every entry from `epoch` on.
     fn rebase(&mut self, epoch: i64) {
         let old = self.epoch;
-        for m in self.slots.iter_mut().filter(|m| m.customer != EMPTY_CUSTOMER) {
+        for m in self.slots.iter_mut().filter(|m| m.is_held()) {
             *m = Marks::new(m.customer, &m.times(old), epoch);
         }
         self.epoch = epoch;
