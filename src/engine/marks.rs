@@ -189,7 +189,7 @@ impl MarkMut<'_> {
 
 /// Customer → marks, whose entries can be reached again by slot: linear
 /// probing from the slot the customer's hash picks, at most 8/10 full,
-/// doubling when it would be fuller.
+/// growing fourfold when it would be fuller ([`MarkTable::grow`]).
 #[derive(Debug, Clone, Default)]
 pub(super) struct MarkTable {
     /// No slots, or a power of two of them; [`EMPTY`] where none is held.
@@ -229,42 +229,49 @@ impl MarkTable {
         (hash(customer) >> 32) as usize & (self.slots.len() - 1)
     }
 
-    /// The slot holding the customer's marks, if any.
-    fn find_index(&self, customer: CustIx) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
-        }
+    /// Where the customer's marks are (`Ok`), or the empty slot where
+    /// they would go (`Err`); the table has slots, one of them empty.
+    fn find(&self, customer: CustIx) -> Result<usize, usize> {
         let mask = self.slots.len() - 1;
         let mut i = self.home(customer);
         loop {
             match self.slots[i].customer {
-                c if c == customer => return Some(i),
-                EMPTY_CUSTOMER => return None,
+                c if c == customer => return Ok(i),
+                EMPTY_CUSTOMER => return Err(i),
                 _ => i = (i + 1) & mask,
             }
         }
     }
 
-    /// Puts `m`, whose customer the table does not hold, in the first free
-    /// slot of its probe; returns the slot. The table has one free.
-    fn place(&mut self, m: Marks) -> usize {
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(m.customer);
-        while self.slots[i].is_held() {
-            i = (i + 1) & mask;
+    /// The slot holding the customer's marks, if any.
+    fn find_index(&self, customer: CustIx) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
         }
+        self.find(customer).ok()
+    }
+
+    /// Puts `m`, whose customer the table does not hold, in the empty slot
+    /// its probe ends on; returns the slot.
+    fn place(&mut self, m: Marks) -> usize {
+        let i = self.find(m.customer).expect_err("a customer placed once");
         self.slots[i] = m;
         i
     }
 
     /// Empty slots enough for `n` entries at most 8/10 full.
-    fn with_capacity(n: usize) -> Vec<Marks> {
+    fn empty_slots(n: usize) -> Vec<Marks> {
         vec![EMPTY; (n * 10 / 8 + 1).next_power_of_two().max(8)]
     }
 
-    /// Doubles the slots (at least 8) and places every entry again.
+    /// Makes the slots four times as many (at least 8) and places every
+    /// entry again, so the table runs between 1/5 and 4/5 full. Doubling
+    /// instead (2/5 to 4/5) applied about 5 % fewer events a second over a
+    /// day, for the same memory a busy partial (BENCHMARKS.md, *A mark
+    /// table of our own, again*): longer probes over cold lines.
     fn grow(&mut self) {
-        let old = std::mem::replace(&mut self.slots, Self::with_capacity(self.len * 2 + 1));
+        let size = (self.slots.len() * 4).max(8);
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; size]);
         for m in old.into_iter().filter(Marks::is_held) {
             self.place(m);
         }
@@ -286,16 +293,16 @@ impl MarkTable {
     }
 
     /// The customer's marks, a new one (all times never) if it has none,
-    /// and the bucket they are in until the table next grows; ready to
-    /// take times up to `latest` at `now` (the engine's, which never goes
-    /// back).
+    /// and the slot they are in until the table next grows or the
+    /// clean-up places them again; ready to take times up to `latest` at
+    /// `now` (the engine's, which never goes back).
     pub fn entry(&mut self, customer: CustIx, latest: i64, now: i64) -> (u32, MarkMut<'_>) {
         self.fit(latest, now);
         let epoch = self.epoch;
         let i = self.slot(customer);
-        let bucket = u32::try_from(i).expect("fewer than 2^32 buckets");
+        let slot = u32::try_from(i).expect("fewer than 2^32 slots");
         (
-            bucket,
+            slot,
             MarkMut {
                 marks: &mut self.slots[i],
                 epoch,
@@ -316,12 +323,12 @@ impl MarkTable {
         self.place(m)
     }
 
-    /// The customer's marks, looked for first in `bucket`; ready to take
+    /// The customer's marks, looked for first in `slot`; ready to take
     /// times up to `latest` at `now`, as [`MarkTable::entry`].
-    pub fn get_mut_at(&mut self, customer: CustIx, bucket: u32, latest: i64, now: i64) -> Option<MarkMut<'_>> {
+    pub fn get_mut_at(&mut self, customer: CustIx, slot: u32, latest: i64, now: i64) -> Option<MarkMut<'_>> {
         self.fit(latest, now);
-        let at = match self.slots.get(bucket as usize) {
-            Some(m) if m.customer == customer => Some(bucket as usize),
+        let at = match self.slots.get(slot as usize) {
+            Some(m) if m.customer == customer => Some(slot as usize),
             _ => self.find_index(customer),
         };
         let epoch = self.epoch;
@@ -435,7 +442,7 @@ impl<'de> Deserialize<'de> for MarkTable {
                     .min()
                     .unwrap_or(0);
                 let mut table = MarkTable {
-                    slots: MarkTable::with_capacity(read.len()),
+                    slots: MarkTable::empty_slots(read.len()),
                     len: 0,
                     epoch,
                     far_until: None,
