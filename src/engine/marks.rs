@@ -522,20 +522,20 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_bucket_still_finds_its_customer() {
+    fn a_stale_slot_still_finds_its_customer() {
         let mut t = MarkTable::default();
-        let (bucket, mut m) = t.entry(1, T, T);
+        let (slot, mut m) = t.entry(1, T, T);
         m.raise_counted(T + 10);
-        // Growing the table moves entries to other buckets.
+        // Growing the table moves entries to other slots.
         for cu in 2..1_000 {
             t.entry(cu, T + 1_000, T).1.raise_counted(T + i64::from(cu) * 10);
         }
         let at = |t: &mut MarkTable, cu, b| t.get_mut_at(cu, b, T, T).map(|m| m.times().counted);
-        assert_eq!(at(&mut t, 1, bucket), Some(T + 10));
-        for (cu, stale) in [(500, bucket), (999, u32::MAX), (2, 0)] {
+        assert_eq!(at(&mut t, 1, slot), Some(T + 10));
+        for (cu, stale) in [(500, slot), (999, u32::MAX), (2, 0)] {
             assert_eq!(at(&mut t, cu, stale), Some(T + i64::from(cu) * 10));
         }
-        assert!(at(&mut t, 5_000, bucket).is_none());
+        assert!(at(&mut t, 5_000, slot).is_none());
     }
 
     #[test]
@@ -579,7 +579,7 @@ mod tests {
     }
 
     proptest! {
-        /// Inserts, updates, lookups by (possibly stale) bucket and
+        /// Inserts, updates, lookups by (possibly stale) slot and
         /// clean-ups against a `HashMap`, under a clock that moves on
         /// (now and then by months) and times up to three days either
         /// side of it: every time within [`LOOKBACK`] of the clock reads
@@ -591,7 +591,7 @@ mod tests {
         ) {
             let mut t = MarkTable::default();
             let mut model: HashMap<CustIx, i64> = HashMap::new();
-            let mut buckets: HashMap<CustIx, u32> = HashMap::new();
+            let mut slots: HashMap<CustIx, u32> = HashMap::new();
             let mut now = T;
             let same = |got: Option<i64>, want: Option<i64>, now: i64| match (got, want) {
                 (Some(g), Some(w)) if w <= now - LOOKBACK => g <= now - LOOKBACK,
@@ -607,7 +607,7 @@ mod tests {
                         model.retain(|_, v| *v > floor);
                     }
                     1..=3 => {
-                        let hint = buckets.get(&cu).copied().unwrap_or(0);
+                        let hint = slots.get(&cu).copied().unwrap_or(0);
                         let got = t.get_mut_at(cu, hint, ts, now).map(|mut m| {
                             m.raise_counted(ts);
                             m.times().counted
@@ -619,9 +619,9 @@ mod tests {
                         prop_assert!(same(got, want, now), "{got:?} {want:?}");
                     }
                     _ => {
-                        let (bucket, mut m) = t.entry(cu, ts, now);
+                        let (slot, mut m) = t.entry(cu, ts, now);
                         m.raise_counted(ts);
-                        buckets.insert(cu, bucket);
+                        slots.insert(cu, slot);
                         let e = model.entry(cu).or_insert(i64::MIN);
                         *e = (*e).max(ts);
                     }

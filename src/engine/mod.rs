@@ -296,12 +296,12 @@ struct Conversation {
     /// the conversation rather than probing the agent's mark table.
     counted: i64,
     replied: i64,
-    /// While `holds_mark`: the bucket of the agent's mark table the mark
+    /// While `holds_mark`: the slot of the agent's mark table the mark
     /// was in when this conversation took it, where releasing it looks
     /// first ([`marks::MarkTable::get_mut_at`]). 0 after a restore: a
-    /// stale bucket like any other.
+    /// stale slot like any other.
     #[serde(skip)]
-    mark_bucket: u32,
+    mark_slot: u32,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -628,12 +628,12 @@ impl Partial {
             time.advance(&mut conversation.counted, &mut conversation.replied, ts);
             return;
         }
-        let (bucket, mut m) = self.marks.entry(conversation.customer, ts, now);
+        let (slot, mut m) = self.marks.entry(conversation.customer, ts, now);
         m.raise(time, ts);
         if m.held_by() == NO_CONVERSATION {
             m.set_held_by(c);
             conversation.holds_mark = true;
-            conversation.mark_bucket = bucket;
+            conversation.mark_slot = slot;
         }
     }
 
@@ -827,7 +827,7 @@ impl Shop {
             .and_then(|p| {
                 let latest = counted.max(replied);
                 p.marks
-                    .get_mut_at(conversation.customer, conversation.mark_bucket, latest, now)
+                    .get_mut_at(conversation.customer, conversation.mark_slot, latest, now)
             })
             .expect("a held mark is in its agent's table");
         m.raise_counted(counted);
@@ -1797,7 +1797,7 @@ impl Engine {
                     last_ts: ts,
                     counted: i64::MIN,
                     replied: i64::MIN,
-                    mark_bucket: 0,
+                    mark_slot: 0,
                 });
                 shop.conversation_ix.insert(key, ix);
                 (ix, true)
