@@ -10,8 +10,9 @@
 # taken after the last one in the bench's event maker (`Workload`, which
 # makes the warm-up's events as it applies them and then the timed ones)
 # up to the last one in `apply_frame`. `perf record -D` would have to
-# guess when the warm-up ends; profiles taken that way before 2026-12-07
-# were mostly warm-up, the maker's allocations at a fifth of them.
+# guess when the warm-up ends (two such profiles on 2026-12-07 were
+# mostly warm-up, the maker's allocations a fifth of them), and DWARF
+# call chains did not unwind through mimalloc there.
 set -euo pipefail
 bin=$1
 shift
