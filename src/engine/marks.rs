@@ -243,12 +243,14 @@ impl MarkTable {
         }
     }
 
+    /// [`MarkTable::find`], or `None` while the table has no slots.
+    fn find_index_or_free(&self, customer: CustIx) -> Option<Result<usize, usize>> {
+        (!self.slots.is_empty()).then(|| self.find(customer))
+    }
+
     /// The slot holding the customer's marks, if any.
     fn find_index(&self, customer: CustIx) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        self.find(customer).ok()
+        self.find_index_or_free(customer)?.ok()
     }
 
     /// Puts `m`, whose customer the table does not hold, in the empty slot
@@ -311,16 +313,27 @@ impl MarkTable {
     }
 
     /// The customer's entry, inserted with every time never if it has none.
+    /// A new customer takes the empty slot its lookup ended on, unless the
+    /// table must grow first.
     fn slot(&mut self, customer: CustIx) -> usize {
-        if let Some(i) = self.find_index(customer) {
-            return i;
-        }
-        if (self.len + 1) * 10 > self.slots.len() * 8 {
-            self.grow();
-        }
+        let fits = (self.len + 1) * 10 <= self.slots.len() * 8;
+        let free = match self.find_index_or_free(customer) {
+            Some(Ok(i)) => return i,
+            Some(Err(i)) if fits => Some(i),
+            _ => None,
+        };
         self.len += 1;
         let m = Marks::new(customer, &MarkTimes::NEVER, self.epoch);
-        self.place(m)
+        match free {
+            Some(i) => {
+                self.slots[i] = m;
+                i
+            }
+            None => {
+                self.grow();
+                self.place(m)
+            }
+        }
     }
 
     /// The customer's marks, looked for first in `slot`; ready to take
