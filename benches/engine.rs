@@ -585,9 +585,7 @@ fn memory_agents(agents: u64) {
     let before_dedup = rss_bytes();
     let mut dedup = deskpulse::engine::dedup::Dedup::default();
     for i in 0..dedup_ids {
-        let id = i.to_string();
-        let id = deskpulse::engine::dedup::Id::event("shop-1", &id);
-        dedup.insert(id, &deskpulse::engine::dedup::Key::of(id), base);
+        dedup.insert(deskpulse::engine::dedup::fingerprint("shop-1", &i.to_string()), base);
     }
     let dedup_bytes = rss_bytes().saturating_sub(before_dedup) as f64;
     let before = rss_bytes();
