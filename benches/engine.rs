@@ -44,6 +44,31 @@ impl Rng {
 /// 2025-11-11 00:00 Shanghai.
 const START: i64 = 1_762_790_400_000;
 
+/// How the bench's desk names its events and orders.
+#[derive(Debug, Clone, Copy)]
+enum Ids {
+    /// `e<n>` and `o<n>`, numbered across the desk, as a connector that
+    /// relays a platform's message numbers would: each shop sees every
+    /// 50th number or so (the default).
+    Desk,
+    /// Numbered per shop, as a connector keeping a count per shop would.
+    Shop,
+    /// Random UUIDs (version 4 layout), which no numbering helps.
+    Uuid,
+}
+
+impl std::str::FromStr for Ids {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "desk" => Ok(Self::Desk),
+            "shop" => Ok(Self::Shop),
+            "uuid" => Ok(Self::Uuid),
+            _ => Err(()),
+        }
+    }
+}
+
 /// A chat-desk day: customers open conversations, agents answer after a
 /// few to a hundred seconds, some auto-replies, transfers, orders, closes.
 ///
@@ -68,8 +93,11 @@ struct Workload {
     pace: u64,
     /// Event time in 1/pace ms since START.
     steps: u64,
-    /// Events made so far (the last one's id is `e{made}`).
+    /// Events made so far (the last one's id is `e{made}` with [`Ids::Desk`]).
     made: u64,
+    ids: Ids,
+    /// Per shop, events and orders made so far, for [`Ids::Shop`].
+    per_shop: Vec<[u64; 2]>,
     /// Open conversations: (shop, conversation, customer, agent, waiting).
     open: Vec<(u64, u64, u64, u64, bool)>,
     next_conv: u64,
@@ -84,15 +112,48 @@ impl Workload {
             pace,
             steps: 0,
             made: 0,
+            ids: Ids::Desk,
+            per_shop: vec![[0; 2]; shops as usize],
             open: Vec::new(),
             next_conv: 0,
+        }
+    }
+
+    /// The same events with ids in the style `ids`.
+    fn with_ids(mut self, ids: Ids) -> Self {
+        self.ids = ids;
+        self
+    }
+
+    /// The id of the next event (`kind` 0) or order (1) of `shop`.
+    fn id(&mut self, shop: u64, kind: usize) -> String {
+        let letter = ["e", "o"][kind];
+        match self.ids {
+            Ids::Desk => format!("{letter}{}", self.made),
+            Ids::Shop => {
+                let n = &mut self.per_shop[shop as usize][kind];
+                *n += 1;
+                format!("{letter}{n}")
+            }
+            Ids::Uuid => {
+                let mut r = Rng(self.made.wrapping_mul(2).wrapping_add(kind as u64));
+                let (a, b) = (r.next(), r.next());
+                format!(
+                    "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+                    a >> 32,
+                    (a >> 16) & 0xffff,
+                    a & 0xfff,
+                    (b >> 48) | 0x8000,
+                    b & 0xffff_ffff_ffff
+                )
+            }
         }
     }
 
     fn event(&mut self, ts: i64, shop: u64, kind: EventKind) -> Event {
         self.made += 1;
         Event {
-            id: format!("e{}", self.made).as_str().into(),
+            id: self.id(shop, 0).as_str().into(),
             ts,
             shop: format!("shop-{shop}").as_str().into(),
             kind,
@@ -167,12 +228,15 @@ impl Iterator for Workload {
                     from_agent: Some(ag),
                 }
             }
-            61..=66 => EventKind::OrderPaid {
-                // Named by the count of events before it.
-                order: format!("o{}", self.made).as_str().into(),
-                customer: cust,
-                amount: 100 + rng.below(50_000),
-            },
+            61..=66 => {
+                let amount = 100 + rng.below(50_000);
+                EventKind::OrderPaid {
+                    // With [`Ids::Desk`], named by the count of events before it.
+                    order: self.id(shop, 1).as_str().into(),
+                    customer: cust,
+                    amount,
+                }
+            }
             67..=75 => {
                 self.open.swap_remove(i);
                 EventKind::Close { conversation }
@@ -406,6 +470,9 @@ fn apply_frame(engine: &mut Engine, i: usize, frame: &[Event]) {
 /// goes (with `perf`), not a figure for BENCHMARKS.md's table, which takes
 /// the best of three.
 ///
+/// `--ids=shop` numbers events and orders per shop instead of across the
+/// desk, `--ids=uuid` gives them random UUIDs ([`Ids`]).
+///
 /// `--reserve=MIB` first has another thread fault in and free that much
 /// memory, as `serve` does on its main thread for
 /// `server.reserve_memory_mib` before its engine thread starts.
@@ -439,7 +506,8 @@ fn bench_count(args: &[String]) {
     // print their rate and how much the process grew: the desk's day as
     // it goes.
     let every = flag(args, "--every=", 0usize, "--every=N takes a count of events");
-    let mut made = Workload::new(agents, shops, pace, 7);
+    let ids = flag(args, "--ids=", Ids::Desk, "--ids= takes desk, shop or uuid");
+    let mut made = Workload::new(agents, shops, pace, 7).with_ids(ids);
     let mut chunk = Vec::with_capacity(100_000);
     let (mut slice_secs, mut slice_rss) = (0.0, rss_bytes());
     for at in (0..warm_up).step_by(100_000) {
