@@ -48,8 +48,9 @@ const START: i64 = 1_762_790_400_000;
 #[derive(Debug, Clone, Copy)]
 enum Ids {
     /// `e<n>` and `o<n>`, numbered across the desk, as a connector that
-    /// relays a platform's message numbers would: each shop sees every
-    /// 50th number or so (the default).
+    /// relays a platform's message numbers would: each shop sees about
+    /// one number in as many as there are shops (50 on the 1 000-agent
+    /// desk, 500 on the 20 000-agent one). The default.
     Desk,
     /// Numbered per shop, as a connector keeping a count per shop would.
     Shop,
