@@ -58,6 +58,11 @@ enum Ids {
     Uuid,
 }
 
+/// What [`Workload::id`] names: an event's id or an order's, each with its
+/// own letter and, with [`Ids::Shop`], its own count per shop.
+const EVENT: usize = 0;
+const ORDER: usize = 1;
+
 impl std::str::FromStr for Ids {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
@@ -126,7 +131,7 @@ impl Workload {
         self
     }
 
-    /// The id of the next event (`kind` 0) or order (1) of `shop`.
+    /// The id of the next [`EVENT`] or [`ORDER`] (`kind`) of `shop`.
     fn id(&mut self, shop: u64, kind: usize) -> String {
         let letter = ["e", "o"][kind];
         match self.ids {
@@ -154,7 +159,7 @@ impl Workload {
     fn event(&mut self, ts: i64, shop: u64, kind: EventKind) -> Event {
         self.made += 1;
         Event {
-            id: self.id(shop, 0).as_str().into(),
+            id: self.id(shop, EVENT).as_str().into(),
             ts,
             shop: format!("shop-{shop}").as_str().into(),
             kind,
@@ -233,7 +238,7 @@ impl Iterator for Workload {
                 let amount = 100 + rng.below(50_000);
                 EventKind::OrderPaid {
                     // With [`Ids::Desk`], named by the count of events before it.
-                    order: self.id(shop, 1).as_str().into(),
+                    order: self.id(shop, ORDER).as_str().into(),
                     customer: cust,
                     amount,
                 }
