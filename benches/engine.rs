@@ -659,7 +659,9 @@ fn memory_agents(agents: u64) {
     let before_dedup = rss_bytes();
     let mut dedup = deskpulse::engine::dedup::Dedup::default();
     for i in 0..dedup_ids {
-        dedup.insert(deskpulse::engine::dedup::fingerprint("shop-1", &i.to_string()), base);
+        let id = i.to_string();
+        let id = deskpulse::engine::dedup::Id::event("shop-1", &id);
+        dedup.insert(id, &deskpulse::engine::dedup::Key::of(id), base);
     }
     let dedup_bytes = rss_bytes().saturating_sub(before_dedup) as f64;
     let before = rss_bytes();

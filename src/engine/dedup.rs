@@ -1,12 +1,19 @@
-//! Duplicate detection of `(shop, id)`: 128-bit fingerprints (64 bits of
-//! each kept) in two generations that rotate every 24 h of event time, so
-//! an id is recognized for at least 24 h and at most 48 h after it was
-//! last accepted.
+//! Duplicate detection of `(shop, id)`, in two generations that rotate
+//! every 24 h of event time, so an id is recognized for at least 24 h and
+//! at most 48 h after it was last accepted.
 //!
-//! Each generation is a set of 64 KiB open-addressing segments under a
-//! directory ([`FlatSet`]): a probe reads one or two adjacent cache lines,
-//! and a batch can ask for them ahead ([`Dedup::prefetch`]) while earlier
-//! events are applied.
+//! Most ids end in a number that rises (`e1`, `e2`, … or `ORD-000123`):
+//! those of a shop that share the rest (their prefix) form a [`Run`], and
+//! a run holds its recent numbers in a window of bits, two per number (one
+//! per generation), where the newest are in cache. Every other id (a UUID,
+//! a number far from its run's window, a run that would grow too sparse to
+//! pay for its bits) is kept as a 128-bit fingerprint (64 bits of it) in a
+//! set of 64 KiB open-addressing segments under a directory ([`FlatSet`]),
+//! which a batch can ask for ahead ([`Dedup::prefetch`]) while earlier
+//! events are applied. Which ids take which path depends only on what the
+//! set holds, so two sets fed the same ids decide alike.
+
+use std::collections::{HashMap, VecDeque};
 
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
@@ -25,11 +32,17 @@ pub struct Dedup {
     previous: FlatSet,
     /// Event time at which `current` started.
     current_since: Option<i64>,
+    /// Generations started since the first (a silence that drops both
+    /// counts two).
+    generation: u64,
+    /// The runs of numbered ids, per shop that sent one.
+    shops: Vec<ShopRuns>,
+    /// Index into `shops` by shop id.
+    shop_ix: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
 }
 
-/// How a [`Dedup`] is stored: each generation as a plain sequence of
-/// fingerprints (the layout the earlier hash-set version wrote, so
-/// snapshots read either way), each set sized once on load. Written
+/// How a [`Dedup`] is stored: each generation's fingerprints as a plain
+/// sequence (each set sized once on load), then the runs. Written
 /// straight from the tables (`impl Serialize for Dedup`), read through
 /// this (tests also write it, to compare the bytes).
 #[derive(Debug, Clone, Deserialize)]
@@ -38,14 +51,20 @@ struct DedupData {
     current: Vec<Fingerprint>,
     previous: Vec<Fingerprint>,
     current_since: Option<i64>,
+    generation: u64,
+    shops: Vec<ShopRuns>,
 }
 
 impl From<DedupData> for Dedup {
     fn from(d: DedupData) -> Self {
+        let shop_ix = index_shops(&d.shops);
         Self {
             current: FlatSet::from_vec(d.current),
             previous: FlatSet::from_vec(d.previous),
             current_since: d.current_since,
+            generation: d.generation,
+            shops: d.shops,
+            shop_ix,
         }
     }
 }
@@ -56,10 +75,12 @@ impl From<DedupData> for Dedup {
 /// same machine).
 impl Serialize for Dedup {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("DedupData", 3)?;
+        let mut s = serializer.serialize_struct("DedupData", 5)?;
         s.serialize_field("current", &Generation(&self.current))?;
         s.serialize_field("previous", &Generation(&self.previous))?;
         s.serialize_field("current_since", &self.current_since)?;
+        s.serialize_field("generation", &self.generation)?;
+        s.serialize_field("shops", &self.shops)?;
         s.end()
     }
 }
@@ -476,12 +497,309 @@ impl Lanes {
     }
 }
 
+/// What kind of id: an event's `id` or an order's `order`. The two are
+/// kept apart (the separator byte of [`separated`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IdKind {
+    Event,
+    Order,
+}
+
+impl IdKind {
+    fn separator(self) -> u8 {
+        match self {
+            Self::Event => 0xff,
+            Self::Order => 0xfe,
+        }
+    }
+}
+
+/// An id the set is asked about: `text`, of `kind`, of `shop`.
+#[derive(Debug, Clone, Copy)]
+pub struct Id<'a> {
+    shop: &'a str,
+    kind: IdKind,
+    text: &'a str,
+}
+
+impl<'a> Id<'a> {
+    /// The event `id` of `shop`.
+    pub fn event(shop: &'a str, id: &'a str) -> Self {
+        Self {
+            shop,
+            kind: IdKind::Event,
+            text: id,
+        }
+    }
+
+    /// The order `order` of `shop`.
+    pub fn order(shop: &'a str, order: &'a str) -> Self {
+        Self {
+            shop,
+            kind: IdKind::Order,
+            text: order,
+        }
+    }
+
+    /// Its fingerprint: [`fingerprint`] or [`order_fingerprint`].
+    pub fn fingerprint(self) -> Fingerprint {
+        separated(self.shop, self.kind.separator(), self.text)
+    }
+}
+
+/// How the set looks an id up, worked out once per id (the engine's
+/// look-ahead does it while earlier events are applied): the id's number
+/// and where its digits start, for an id that ends in one ([`numbered`]),
+/// otherwise its fingerprint. Held as two words and a flag, not an enum
+/// over a `u128`, to stay 8-byte aligned (see the engine's `Ahead`).
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    words: [u64; 2],
+    numbered: bool,
+}
+
+impl Key {
+    pub fn of(id: Id) -> Self {
+        match numbered(id.text) {
+            Some((at, number)) => Self {
+                words: [number, at as u64],
+                numbered: true,
+            },
+            None => {
+                let fp = id.fingerprint();
+                Self {
+                    words: [(fp >> 64) as u64, fp as u64],
+                    numbered: false,
+                }
+            }
+        }
+    }
+
+    /// The fingerprint of an id that does not end in a number.
+    fn fingerprint(&self) -> Option<Fingerprint> {
+        (!self.numbered).then(|| (u128::from(self.words[0]) << 64) | u128::from(self.words[1]))
+    }
+
+    /// The prefix and number of `id` (the id the key was made of), if it
+    /// ends in a number.
+    fn split<'a>(&self, id: Id<'a>) -> Option<(&'a str, u64)> {
+        debug_assert_eq!(Key::of(id).words, self.words, "the key of another id");
+        self.numbered
+            .then(|| (&id.text[..self.words[1] as usize], self.words[0]))
+    }
+}
+
+/// Where the number `text` ends in starts, and its value: the last 1 to
+/// 19 decimal digits after their leading zeros, which belong to the
+/// prefix (`ORD-000123` is `ORD-000` and 123, `e00` is `e0` and 0), so
+/// prefix and number give back the text.
+fn numbered(text: &str) -> Option<(usize, u64)> {
+    let bytes = text.as_bytes();
+    let digits = bytes.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let start = bytes.len() - digits;
+    let zeros = bytes[start..bytes.len() - 1].iter().take_while(|&&b| b == b'0').count();
+    let at = start + zeros;
+    if bytes.len() - at > 19 {
+        return None;
+    }
+    let number = bytes[at..].iter().fold(0u64, |n, &b| n * 10 + u64::from(b - b'0'));
+    Some((at, number))
+}
+
+/// Numbers per word of a run's window.
+const WORD_BITS: u64 = 64;
+/// How far past its window's top a new number may be, in words, for the
+/// window to grow to it.
+const MAX_STEP_WORDS: u64 = 64;
+/// Words a window may have beyond one per id it holds: 1 KiB at 16 bytes
+/// a word (two generations), so a window costs at most 16 bytes an id
+/// past its first KiB, about what the flat sets take.
+const FREE_WORDS: u64 = 64;
+/// Runs per shop: ids crafted to have many prefixes cannot grow memory.
+const MAX_RUNS: usize = 8;
+
+/// The ids of one shop and kind that share a prefix and are told apart by
+/// their number: the window holds a bit per number from `base` to its
+/// top, one word of each generation per 64 numbers. Numbers below `lo`
+/// are not the window's (they are in the flat sets or new); numbers at or
+/// past the top are new, and the window grows to take them, unless it is
+/// `closed`.
+///
+/// A run never holds a number the flat sets hold: `lo` only rises, a
+/// window grows only past its top, and a number past the top goes to the
+/// flat sets only once the run is closed, which it stays until its window
+/// is empty and `lo` is past every such number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Run {
+    kind: IdKind,
+    prefix: Box<str>,
+    lo: u64,
+    /// The number of the first word's lowest bit, a multiple of 64.
+    base: u64,
+    /// From `base` on: [this generation's bits, the last one's].
+    words: VecDeque<[u64; 2]>,
+    /// Ids held: [this generation, the last].
+    held: [u64; 2],
+    /// Once the window stopped growing: the largest number past its top
+    /// that went to the flat sets.
+    closed: Option<u64>,
+    /// The generation in which an id of the run was last recorded.
+    last: u64,
+}
+
+/// Where a number is with respect to a run's window.
+enum Place {
+    Below,
+    /// Bit `mask` of word `i`.
+    At(usize, u64),
+    Past,
+}
+
+impl Run {
+    fn new(kind: IdKind, prefix: &str) -> Self {
+        Self {
+            kind,
+            prefix: prefix.into(),
+            lo: 0,
+            base: 0,
+            words: VecDeque::new(),
+            held: [0; 2],
+            closed: None,
+            last: 0,
+        }
+    }
+
+    fn top(&self) -> u64 {
+        self.base + WORD_BITS * self.words.len() as u64
+    }
+
+    fn place(&self, number: u64) -> Place {
+        if number < self.lo {
+            Place::Below
+        } else if number < self.top() {
+            let offset = number - self.base;
+            Place::At((offset / WORD_BITS) as usize, 1 << (offset % WORD_BITS))
+        } else {
+            Place::Past
+        }
+    }
+
+    /// Grows the window to `number`, past its top; false, and the run
+    /// closes, if that is too far or would leave the window too sparse.
+    fn grow(&mut self, number: u64) -> bool {
+        if let Some(max) = &mut self.closed {
+            *max = (*max).max(number);
+            return false;
+        }
+        if self.words.is_empty() {
+            self.base = number - number % WORD_BITS;
+            self.lo = self.lo.max(self.base);
+            self.words.push_back([0; 2]);
+            return true;
+        }
+        let len = (number - self.base) / WORD_BITS + 1;
+        let step = len - self.words.len() as u64;
+        if step > MAX_STEP_WORDS || len > FREE_WORDS + self.held[0] + self.held[1] {
+            self.closed = Some(number);
+            return false;
+        }
+        self.words.resize(len as usize, [0; 2]);
+        true
+    }
+
+    /// Records `number`, in the window and not held.
+    fn set(&mut self, number: u64) {
+        let Place::At(i, mask) = self.place(number) else {
+            unreachable!("{number} is in the window");
+        };
+        self.words[i][0] |= mask;
+        self.held[0] += 1;
+    }
+
+    /// Moves on one generation (`steps` 1) or drops both (2); a window
+    /// emptied from below gives up its words.
+    fn rotate(&mut self, steps: u64) {
+        for w in &mut self.words {
+            *w = if steps == 1 { [0, w[0]] } else { [0; 2] };
+        }
+        self.held = if steps == 1 { [0, self.held[0]] } else { [0; 2] };
+        while self.words.front().is_some_and(|w| w[1] == 0) {
+            self.words.pop_front();
+            self.base += WORD_BITS;
+        }
+        self.lo = self.lo.max(self.base);
+        if self.words.is_empty() {
+            self.words = VecDeque::new();
+            // The numbers that went past the top to the flat sets stay
+            // below the next window.
+            if let Some(max) = self.closed.take() {
+                self.lo = self.lo.max(max + 1);
+            }
+        }
+    }
+}
+
+/// A shop's runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ShopRuns {
+    shop: Box<str>,
+    runs: Vec<Run>,
+    /// The generation in which a numbered id of the shop last found no run
+    /// and no room for one, and went to the flat sets: until that
+    /// generation is gone, no run may start (it could hold such an id).
+    full: Option<u64>,
+}
+
+impl ShopRuns {
+    fn find(&self, kind: IdKind, prefix: &str) -> Option<usize> {
+        self.runs.iter().position(|r| r.kind == kind && *r.prefix == *prefix)
+    }
+
+    /// Whether a new run may start in `generation`.
+    fn may_start(&self, generation: u64) -> bool {
+        self.runs.len() < MAX_RUNS && self.full.is_none_or(|g| g + 2 <= generation)
+    }
+}
+
+fn index_shops(shops: &[ShopRuns]) -> HashMap<Box<str>, u32, foldhash::fast::RandomState> {
+    shops
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.shop.clone(), i as u32))
+        .collect()
+}
+
+/// Where a numbered id is held or goes.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// Bit `mask` of word `i` of run `r` of shop `s`.
+    Bit { s: usize, r: usize, i: usize, mask: u64 },
+    /// Past the top of run `r`, which is open: new, and the run may grow.
+    Past { s: usize, r: usize },
+    /// No run yet, and room for one (in shop `s`, if it has any runs).
+    Start { s: Option<usize> },
+    /// The flat sets, for run `r` of shop `s` (below its window, or past a
+    /// closed one) or for no run (the shop has no room for one).
+    Flat { s: usize, r: Option<usize> },
+}
+
 impl Dedup {
-    /// Records `fp` at event time `ts`; false if it was already there.
+    /// Records `id` (whose key is `key`) at event time `ts`; false if it
+    /// was already there.
     ///
-    /// Only a new `fp` moves the generations on: a duplicate stamped a day
+    /// Only a new id moves the generations on: a duplicate stamped a day
     /// or two later must not rotate out the very generation that holds it.
-    pub fn insert(&mut self, fp: Fingerprint, ts: i64) -> bool {
+    pub fn insert(&mut self, id: Id, key: &Key, ts: i64) -> bool {
+        match key.split(id) {
+            Some((prefix, number)) => self.insert_numbered(id, prefix, number, ts),
+            None => self.insert_flat(key.fingerprint().expect("a key without a number has a fingerprint"), ts),
+        }
+    }
+
+    fn insert_flat(&mut self, fp: Fingerprint, ts: i64) -> bool {
         if self.previous.contains(fp) {
             return false;
         }
@@ -494,21 +812,144 @@ impl Dedup {
         self.current.insert(fp)
     }
 
-    /// Whether `fp` was seen, without recording it.
-    pub fn contains(&self, fp: Fingerprint) -> bool {
+    fn insert_numbered(&mut self, id: Id, prefix: &str, number: u64, ts: i64) -> bool {
+        let mut route = self.route(id, prefix, number);
+        let fp = matches!(route, Route::Flat { .. }).then(|| id.fingerprint());
+        if self.holds(route, fp) {
+            return false;
+        }
+        if self.rotation_due(ts) {
+            self.rotate(ts);
+            route = self.route(id, prefix, number);
+        }
+        let generation = self.generation;
+        match route {
+            Route::Bit { s, r, i, mask } => {
+                let run = &mut self.shops[s].runs[r];
+                run.words[i][0] |= mask;
+                run.held[0] += 1;
+                run.last = generation;
+            }
+            Route::Past { s, r } => {
+                let run = &mut self.shops[s].runs[r];
+                run.last = generation;
+                if run.grow(number) {
+                    run.set(number);
+                } else {
+                    self.current.insert(fp.unwrap_or_else(|| id.fingerprint()));
+                }
+            }
+            Route::Start { s } => {
+                let s = s.unwrap_or_else(|| {
+                    let s = self.shops.len();
+                    self.shops.push(ShopRuns {
+                        shop: id.shop.into(),
+                        runs: Vec::new(),
+                        full: None,
+                    });
+                    self.shop_ix.insert(id.shop.into(), s as u32);
+                    s
+                });
+                let mut run = Run::new(id.kind, prefix);
+                run.last = generation;
+                run.grow(number);
+                run.set(number);
+                self.shops[s].runs.push(run);
+            }
+            Route::Flat { s, r } => {
+                let shop = &mut self.shops[s];
+                match r {
+                    Some(r) => {
+                        let run = &mut shop.runs[r];
+                        run.last = generation;
+                        if number >= run.top() {
+                            run.grow(number);
+                        }
+                    }
+                    None => shop.full = Some(generation),
+                }
+                self.current.insert(fp.unwrap_or_else(|| id.fingerprint()));
+            }
+        }
+        true
+    }
+
+    /// Where a numbered id is held or goes (see [`Route`]).
+    fn route(&self, id: Id, prefix: &str, number: u64) -> Route {
+        let Some(&s) = self.shop_ix.get(id.shop) else {
+            return Route::Start { s: None };
+        };
+        let (s, shop) = (s as usize, &self.shops[s as usize]);
+        let Some(r) = shop.find(id.kind, prefix) else {
+            return if shop.may_start(self.generation) {
+                Route::Start { s: Some(s) }
+            } else {
+                Route::Flat { s, r: None }
+            };
+        };
+        let run = &shop.runs[r];
+        match run.place(number) {
+            Place::At(i, mask) => Route::Bit { s, r, i, mask },
+            Place::Past if run.closed.is_none() => Route::Past { s, r },
+            Place::Past | Place::Below => Route::Flat { s, r: Some(r) },
+        }
+    }
+
+    /// Whether the id `route` leads to is held; `fp` is its fingerprint
+    /// when the route is to the flat sets.
+    fn holds(&self, route: Route, fp: Option<Fingerprint>) -> bool {
+        match route {
+            Route::Bit { s, r, i, mask } => {
+                let [current, previous] = self.shops[s].runs[r].words[i];
+                (current | previous) & mask != 0
+            }
+            Route::Past { .. } | Route::Start { .. } => false,
+            Route::Flat { .. } => self.holds_flat(fp.expect("a route to the flat sets comes with its fingerprint")),
+        }
+    }
+
+    /// Whether `id` was seen, without recording it.
+    pub fn contains(&self, id: Id) -> bool {
+        let key = Key::of(id);
+        match key.split(id) {
+            Some((prefix, number)) => {
+                let route = self.route(id, prefix, number);
+                let fp = matches!(route, Route::Flat { .. }).then(|| id.fingerprint());
+                self.holds(route, fp)
+            }
+            None => self.holds_flat(key.fingerprint().expect("a key without a number has a fingerprint")),
+        }
+    }
+
+    fn holds_flat(&self, fp: Fingerprint) -> bool {
         self.current.contains(fp) || self.previous.contains(fp)
     }
 
-    /// Starts fetching the memory an `insert` of `fp` will probe, so a
-    /// batch can overlap that wait with the events before it.
-    pub fn prefetch(&self, fp: Fingerprint) {
+    /// Starts fetching the memory an `insert` of `id` will probe in the
+    /// flat sets, if it goes there, so a batch can overlap that wait with
+    /// the events before it. (A run's window is where its last ids were,
+    /// in cache.)
+    pub fn prefetch(&self, id: Id, key: &Key) {
+        let fp = match key.split(id) {
+            None => key.fingerprint().expect("a key without a number has a fingerprint"),
+            Some((prefix, number)) => match self.route(id, prefix, number) {
+                Route::Flat { .. } => id.fingerprint(),
+                _ => return,
+            },
+        };
         self.current.prefetch(fp);
         self.previous.prefetch(fp);
     }
 
-    /// Number of fingerprints held.
+    /// Number of ids held.
     pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
+        let in_runs: u64 = self
+            .shops
+            .iter()
+            .flat_map(|s| &s.runs)
+            .map(|r| r.held[0] + r.held[1])
+            .sum();
+        self.current.len() + self.previous.len() + in_runs as usize
     }
 
     /// True when nothing is held.
@@ -533,11 +974,34 @@ impl Dedup {
             fresh.reserve(self.current.len());
             self.previous = std::mem::replace(&mut self.current, fresh);
             // Two generations back is gone; a long silence drops both.
-            if ts >= since + 2 * GENERATION_MS {
+            let steps = if ts >= since + 2 * GENERATION_MS {
                 self.previous = FlatSet::default();
-            }
+                2
+            } else {
+                1
+            };
+            self.rotate_runs(steps);
         }
         self.current_since = Some(ts);
+    }
+
+    /// Moves every run on `steps` generations, and lets go of the runs
+    /// (and shops) with nothing left in either generation.
+    fn rotate_runs(&mut self, steps: u64) {
+        self.generation += steps;
+        let generation = self.generation;
+        for shop in &mut self.shops {
+            for run in &mut shop.runs {
+                run.rotate(steps);
+            }
+            shop.runs.retain(|r| r.last + 2 > generation);
+        }
+        let before = self.shops.len();
+        self.shops
+            .retain(|s| !s.runs.is_empty() || s.full.is_some_and(|g| g + 2 > generation));
+        if self.shops.len() != before {
+            self.shop_ix = index_shops(&self.shops);
+        }
     }
 }
 
@@ -547,32 +1011,255 @@ mod tests {
 
     use super::*;
 
+    /// Inserts the event id `id` of `shop` at `ts`.
+    fn add(d: &mut Dedup, shop: &str, id: &str, ts: i64) -> bool {
+        let id = Id::event(shop, id);
+        d.insert(id, &Key::of(id), ts)
+    }
+
+    fn has(d: &Dedup, shop: &str, id: &str) -> bool {
+        d.contains(Id::event(shop, id))
+    }
+
+    /// An id of each path: a run's window and the flat sets.
+    const BOTH_PATHS: [&str; 2] = ["e1", "3f2a9c4e-7b1d-4e8a-9c6f-d2b1a0e9f8ce"];
+
     #[test]
     fn remembered_for_at_least_24_hours() {
-        let mut d = Dedup::default();
-        let fp = fingerprint("s", "e1");
-        assert!(d.insert(fp, 0));
-        assert!(!d.insert(fp, 1));
-        // Rotation at 24 h keeps the old generation.
-        assert!(d.insert(fingerprint("s", "other"), GENERATION_MS));
-        assert!(!d.insert(fp, GENERATION_MS + 1));
-        assert!(!d.insert(fp, GENERATION_MS + GENERATION_MS / 2));
+        for id in BOTH_PATHS {
+            let mut d = Dedup::default();
+            assert!(add(&mut d, "s", id, 0));
+            assert!(!add(&mut d, "s", id, 1));
+            // Rotation at 24 h keeps the old generation.
+            assert!(add(&mut d, "s", "other", GENERATION_MS));
+            assert!(!add(&mut d, "s", id, GENERATION_MS + 1));
+            assert!(!add(&mut d, "s", id, GENERATION_MS + GENERATION_MS / 2));
+            // The next one drops it.
+            assert!(add(&mut d, "s", "another", 2 * GENERATION_MS));
+            assert!(!has(&d, "s", id), "{id}");
+            assert!(add(&mut d, "s", id, 2 * GENERATION_MS + 1));
+        }
     }
 
     #[test]
     fn a_duplicate_stamped_days_later_neither_rotates_nor_is_forgotten() {
-        let mut d = Dedup::default();
-        let fp = fingerprint("s", "e1");
-        assert!(d.insert(fp, 0));
-        // Two days on, a rotation would drop both generations, and with them
-        // the id being asked about.
-        assert!(!d.insert(fp, 2 * GENERATION_MS));
-        assert!(!d.insert(fp, 2 * GENERATION_MS + 1));
-        assert_eq!(d.current_since, Some(0));
-        // A new id does rotate, and the old one is still held a day more.
-        assert!(d.insert(fingerprint("s", "e2"), GENERATION_MS));
-        assert!(!d.insert(fp, GENERATION_MS + 1));
+        for id in BOTH_PATHS {
+            let mut d = Dedup::default();
+            assert!(add(&mut d, "s", id, 0));
+            // Two days on, a rotation would drop both generations, and with
+            // them the id being asked about.
+            assert!(!add(&mut d, "s", id, 2 * GENERATION_MS));
+            assert!(!add(&mut d, "s", id, 2 * GENERATION_MS + 1));
+            assert_eq!(d.current_since, Some(0));
+            // A new id does rotate, and the old one is still held a day more.
+            assert!(add(&mut d, "s", "e2", GENERATION_MS));
+            assert!(!add(&mut d, "s", id, GENERATION_MS + 1));
+        }
     }
+
+    #[test]
+    fn an_id_splits_into_prefix_and_number_that_give_it_back() {
+        let cases: [(&str, Option<(&str, u64)>); 12] = [
+            ("e1", Some(("e", 1))),
+            ("e0", Some(("e", 0))),
+            ("e00", Some(("e0", 0))),
+            ("ORD-000123", Some(("ORD-000", 123))),
+            ("123", Some(("", 123))),
+            ("2025111100012345678", Some(("", 2_025_111_100_012_345_678))),
+            ("x9999999999999999999", Some(("x", 9_999_999_999_999_999_999))),
+            // 20 digits may not fit a u64: the flat sets take them.
+            ("x10000000000000000000", None),
+            ("x00000000000000000000001", Some(("x0000000000000000000000", 1))),
+            ("e1x", None),
+            ("", None),
+            ("会话9", Some(("会话", 9))),
+        ];
+        for (text, want) in cases {
+            let got = numbered(text).map(|(at, n)| (&text[..at], n));
+            assert_eq!(got, want, "{text:?}");
+            if let Some((prefix, n)) = got {
+                assert_eq!(format!("{prefix}{n}"), text);
+            }
+        }
+    }
+
+    #[test]
+    fn a_rising_run_is_held_in_its_window_and_let_go_two_days_after() {
+        let mut d = Dedup::default();
+        for n in 1..=100_000 {
+            assert!(add(&mut d, "s", &format!("e{n}"), n));
+        }
+        assert_eq!((d.current.len(), d.shops.len(), d.shops[0].runs.len()), (0, 1, 1));
+        let run = &d.shops[0].runs[0];
+        assert_eq!(run.words.len(), 100_000 / 64 + 1);
+        assert_eq!(d.len(), 100_000);
+        assert!((1..=100_000).all(|n| has(&d, "s", &format!("e{n}"))));
+        assert!(!has(&d, "s", "e0") && !has(&d, "s", "e100001") && !has(&d, "t", "e5"));
+        // Other shops and kinds are other runs.
+        assert!(add(&mut d, "t", "e5", 5));
+        let order = Id::order("s", "e5");
+        assert!(d.insert(order, &Key::of(order), 5) && !d.insert(order, &Key::of(order), 6));
+        // Two rotations with nothing of the run between: it is gone.
+        assert!(add(&mut d, "u", "x", 1 + GENERATION_MS));
+        assert!(has(&d, "s", "e77"));
+        assert!(add(&mut d, "u", "y", 1 + 2 * GENERATION_MS));
+        assert!(!has(&d, "s", "e77"));
+        assert_eq!(d.shops.len(), 0);
+        assert!(add(&mut d, "s", "e77", 1 + 2 * GENERATION_MS));
+    }
+
+    #[test]
+    fn ids_crafted_to_spread_or_to_vary_their_prefix_cannot_grow_the_runs() {
+        let mut d = Dedup::default();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut ids = Vec::new();
+        for k in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // Random numbers under one prefix, and a thousand prefixes.
+            let id = if k % 2 == 0 {
+                format!("e{}", rng % 1_000_000_000_000)
+            } else {
+                format!("p{}-{}", rng % 1000, k)
+            };
+            if add(&mut d, "s", &id, k) {
+                ids.push(id);
+            }
+        }
+        let runs = &d.shops[0].runs;
+        assert!(runs.len() <= MAX_RUNS);
+        for run in runs {
+            assert!(run.words.len() as u64 <= FREE_WORDS + run.held[0] + run.held[1] + 1);
+        }
+        assert_eq!(d.len(), ids.len());
+        assert!(ids.iter().all(|id| has(&d, "s", id) && !add(&mut d, "s", id, 30_000)));
+    }
+
+    /// What [`Dedup`] must answer: every id accepted in this generation or
+    /// the last, generations moving as [`Dedup::insert`] says.
+    #[derive(Default)]
+    struct Exact {
+        current: HashSet<(String, IdKind, String)>,
+        previous: HashSet<(String, IdKind, String)>,
+        since: Option<i64>,
+    }
+
+    impl Exact {
+        fn insert(&mut self, id: Id, ts: i64) -> bool {
+            let key = (id.shop.to_string(), id.kind, id.text.to_string());
+            if self.current.contains(&key) || self.previous.contains(&key) {
+                return false;
+            }
+            if self.since.is_none_or(|s| ts >= s + GENERATION_MS) {
+                if let Some(s) = self.since {
+                    self.previous = std::mem::take(&mut self.current);
+                    if ts >= s + 2 * GENERATION_MS {
+                        self.previous.clear();
+                    }
+                }
+                self.since = Some(ts);
+            }
+            self.current.insert(key)
+        }
+    }
+
+    #[test]
+    fn the_set_answers_as_an_exact_set_would() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let (mut d, mut exact) = (Dedup::default(), Exact::default());
+        let mut sent: Vec<(usize, IdKind, String)> = Vec::new();
+        // Per shop and style: the next number of a rising counter.
+        let mut counters = [[1u64; 4]; 3];
+        let mut ts = 0i64;
+        for step in 0..200_000 {
+            // Hours pass; now and then a day, or two at once.
+            ts += match next(20_000) {
+                0..=2 => GENERATION_MS,
+                3 => 2 * GENERATION_MS + 1,
+                _ => next(3_000) as i64,
+            };
+            let shop = next(3) as usize;
+            let kind = if next(10) == 0 { IdKind::Order } else { IdKind::Event };
+            let roll = next(100);
+            let text = if roll < 15 && !sent.is_empty() {
+                // A resend, or an event that comes late.
+                let (s, k, t) = sent[next(sent.len() as u64) as usize].clone();
+                let id = if k == IdKind::Event {
+                    Id::event(SHOPS[s], &t)
+                } else {
+                    Id::order(SHOPS[s], &t)
+                };
+                let key = Key::of(id);
+                assert_eq!(d.insert(id, &key, ts), exact.insert(id, ts), "step {step}: {id:?}");
+                continue;
+            } else {
+                let style = next(4) as usize;
+                let c = &mut counters[shop][style];
+                // Mostly small steps; sometimes a jump far ahead or back.
+                *c = match next(1000) {
+                    0 => (*c * 1000 + 7) % 1_000_000_000_000_000,
+                    1 => *c / 3,
+                    _ => *c + 1 + next(40),
+                };
+                match (style, roll) {
+                    (_, 15..=19) => format!("{:016x}-{:x}", next(u64::MAX), next(16)),
+                    (_, 20..=21) => format!("p{}-{}", next(30), next(1_000_000)),
+                    (0, _) => format!("e{c}"),
+                    (1, _) => format!("ORD-{c:08}"),
+                    (2, _) => format!("{c}"),
+                    _ => format!("m{}", *c % 5_000_000),
+                }
+            };
+            sent.push((shop, kind, text.clone()));
+            let id = if kind == IdKind::Event {
+                Id::event(SHOPS[shop], &text)
+            } else {
+                Id::order(SHOPS[shop], &text)
+            };
+            assert_eq!(
+                d.insert(id, &Key::of(id), ts),
+                exact.insert(id, ts),
+                "step {step}: {id:?}"
+            );
+            if step % 50_000 == 49_999 {
+                d = postcard::from_bytes(&postcard::to_stdvec(&d).unwrap()).unwrap();
+            }
+        }
+        assert_eq!(d.len(), exact.current.len() + exact.previous.len());
+        for (s, kind, text) in &sent {
+            let id = if *kind == IdKind::Event {
+                Id::event(SHOPS[*s], text)
+            } else {
+                Id::order(SHOPS[*s], text)
+            };
+            let key = (id.shop.to_string(), id.kind, id.text.to_string());
+            let held = exact.current.contains(&key) || exact.previous.contains(&key);
+            assert_eq!(d.contains(id), held, "{id:?}");
+        }
+        assert!(
+            d.shops.iter().any(|s| s.runs.iter().any(|r| r.closed.is_some())),
+            "a run closed"
+        );
+        assert!(d.current.len() > 0, "the flat sets took ids");
+        let in_runs: u64 = d
+            .shops
+            .iter()
+            .flat_map(|s| &s.runs)
+            .map(|r| r.held[0] + r.held[1])
+            .sum();
+        // Both paths in use (with 962 ids in runs and 22 672 in the flat
+        // sets at the end, on 2026-12-07).
+        assert!(in_runs > 500, "runs took ids");
+    }
+
+    const SHOPS: [&str; 3] = ["shop-a", "shop-b", "店铺"];
 
     #[test]
     fn fingerprints_are_stable_and_distinct() {
@@ -718,36 +1405,41 @@ mod tests {
     fn a_dedup_reads_back_from_its_bytes() {
         let mut d = Dedup::default();
         for i in 0..3000 {
-            d.insert(fingerprint("s", &i.to_string()), i);
+            add(&mut d, "s", &format!("x{i}y"), i);
+            add(&mut d, "s", &format!("e{i}"), i);
         }
-        d.insert(fingerprint("s", "late"), GENERATION_MS + 5);
+        add(&mut d, "s", "late", GENERATION_MS + 5);
         let back: Dedup = postcard::from_bytes(&postcard::to_stdvec(&d).unwrap()).unwrap();
         assert_eq!(back.len(), d.len());
-        assert!((0..3000).all(|i| back.contains(fingerprint("s", &i.to_string()))));
-        assert!(back.contains(fingerprint("s", "late")));
+        assert!((0..3000).all(|i| has(&back, "s", &format!("x{i}y")) && has(&back, "s", &format!("e{i}"))));
+        assert!(has(&back, "s", "late") && !has(&back, "s", "e3000"));
         // Rotation sized the new generation for yesterday's count.
         assert!(d.current.segments.len() * SEGMENT_SLOTS * 6 >= 3000 * 10);
     }
 
     #[test]
     fn a_dedup_is_written_in_the_layout_of_its_stored_form() {
-        // Split into several segments, with the fingerprint 0 and both
-        // generations in use.
+        // Split into several segments, with the fingerprint 0, both
+        // generations and a run in use.
         let mut d = Dedup::default();
         for i in 0..2000 {
-            d.insert(fingerprint("s", &i.to_string()), i);
+            add(&mut d, "s", &format!("x{i}y"), i);
         }
-        d.insert(fingerprint("s", "late"), GENERATION_MS + 5);
-        d.insert(0, GENERATION_MS + 6);
+        add(&mut d, "s", "e1", 2001);
+        add(&mut d, "s", "late", GENERATION_MS + 5);
+        d.insert_flat(0, GENERATION_MS + 6);
         let mut n = 0;
         while d.current.segments.len() < 3 {
-            d.insert(fingerprint("t", &n.to_string()), GENERATION_MS + 7);
+            add(&mut d, "t", &format!("x{n}y"), GENERATION_MS + 7);
             n += 1;
         }
+        add(&mut d, "s", "e2", GENERATION_MS + 8);
         let layout = DedupData {
             current: d.current.iter().collect(),
             previous: d.previous.iter().collect(),
             current_since: d.current_since,
+            generation: d.generation,
+            shops: d.shops.clone(),
         };
         assert_eq!(layout.current.len(), d.current.len());
         assert!(layout.current.contains(&kept(0)));
@@ -755,7 +1447,8 @@ mod tests {
         assert_eq!(bytes, postcard::to_stdvec(&layout).unwrap());
         let back: Dedup = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back.len(), d.len());
-        assert!(back.contains(0) && back.contains(fingerprint("t", "0")) && back.contains(fingerprint("s", "1")));
+        assert!(back.holds_flat(0) && has(&back, "t", "x0y") && has(&back, "s", "x1y"));
+        assert!(has(&back, "s", "e1") && has(&back, "s", "e2") && !has(&back, "s", "e3"));
     }
 
     /// The definition of [`fingerprint`] one byte at a time, as first written.

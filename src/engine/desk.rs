@@ -62,14 +62,14 @@ impl Admission {
     pub fn admit(&mut self, event: &Event) -> Applied {
         let n = self.parts.len();
         let owner = partition_of(&event.shop, n);
-        let key = super::dedup_key(event);
-        if !self.parts[owner].insert(key, event.ts) {
+        let (id, key) = (super::dedup_id(event), super::dedup_key(event));
+        if !self.parts[owner].insert(id, &key, event.ts) {
             return Applied::Duplicate;
         }
         if reaches_every_partition(event) {
             for (i, part) in self.parts.iter_mut().enumerate() {
                 if i != owner {
-                    part.insert(key, event.ts);
+                    part.insert(id, &key, event.ts);
                 }
             }
         }

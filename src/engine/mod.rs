@@ -28,7 +28,7 @@ use crate::protocol::{AgentId, AgentStatus, ConversationId, CustomerId, Event, E
 use alerts::{Alert, AlertBook, AlertChange, Reading, Rule, Severity, Thresholds};
 use day::{Calendar, Day};
 use deadlines::Deadlines;
-use dedup::{Dedup, Fingerprint, fingerprint, order_fingerprint};
+use dedup::{Dedup, Id};
 use index::{IdIndex, halves, whole};
 use marks::{MarkTable, NO_CONVERSATION};
 use seen::Seen;
@@ -1046,7 +1046,7 @@ pub const MARKS_AHEAD: usize = 1;
 /// instructions an event); at 120 the copy is inline.
 #[derive(Debug, Clone, Copy)]
 struct Ahead {
-    dedup: [u64; 2],
+    dedup: dedup::Key,
     shop_key: [u64; 2],
     /// [`id_key`]s of the conversation, the customer and the agent the
     /// event names (`from_agent` is hashed when it is applied: transfers
@@ -1097,7 +1097,7 @@ impl Ahead {
             EventKind::Flag { .. } => (None, None, None),
         };
         Self {
-            dedup: halves(dedup_key(event)),
+            dedup: dedup_key(event),
             shop_key: halves(id_key(event.shop.as_str())),
             conversation,
             customer,
@@ -1105,10 +1105,6 @@ impl Ahead {
             shop: None,
             found: None,
         }
-    }
-
-    fn dedup(&self) -> Fingerprint {
-        whole(self.dedup)
     }
 
     fn shop_key(&self) -> IdKey {
@@ -1137,9 +1133,14 @@ impl Ahead {
     }
 }
 
-/// The dedup key of an event: its `(shop, id)` fingerprint.
-pub fn dedup_key(event: &Event) -> Fingerprint {
-    fingerprint(event.shop.as_str(), event.id.as_str())
+/// The event's id, as the duplicate set takes it.
+pub fn dedup_id(event: &Event) -> Id<'_> {
+    Id::event(event.shop.as_str(), event.id.as_str())
+}
+
+/// The dedup key of an event's id.
+pub fn dedup_key(event: &Event) -> dedup::Key {
+    dedup::Key::of(dedup_id(event))
 }
 
 /// Shops cleaned up per `tick`: the hourly pass is spread over ticks so a
@@ -1364,7 +1365,7 @@ impl Engine {
             // The event `lead` events ahead of the one this step applies.
             let at = |lead: usize| (step + lead).checked_sub(INDEX_AHEAD);
             if let Some(a) = ahead.get_mut(step) {
-                self.fetch_index(a);
+                self.fetch_index(&events[step], a);
             }
             if let Some(a) = at(ENTRY_AHEAD).and_then(|i| ahead.get_mut(i)) {
                 self.fetch_entry(a);
@@ -1387,10 +1388,15 @@ impl Engine {
         out
     }
 
-    /// Look-ahead, first stage: the event's duplicate-set slot, and the
-    /// index slot of its conversation (or, for an order, its customer).
-    fn fetch_index(&self, a: &mut Ahead) {
-        self.dedup.prefetch(a.dedup());
+    /// Look-ahead, first stage: the event's duplicate-set slot (and an
+    /// order's), and the index slot of its conversation (or, for an order,
+    /// its customer).
+    fn fetch_index(&self, event: &Event, a: &mut Ahead) {
+        self.dedup.prefetch(dedup_id(event), &a.dedup);
+        if let EventKind::OrderPaid { order, .. } = &event.kind {
+            let id = Id::order(event.shop.as_str(), order.as_str());
+            self.dedup.prefetch(id, &dedup::Key::of(id));
+        }
         a.shop = self.shop_ix.get(&a.shop_key()).copied();
         let Some(s) = a.shop else { return };
         let shop = &self.shops[s as usize];
@@ -1469,7 +1475,7 @@ impl Engine {
     fn apply_keyed(&mut self, event: &Event, ahead: &Ahead) -> Applied {
         // A duplicate changes nothing, the event clock included: `now` is
         // the largest `ts` accepted, and a resent event may carry a later one.
-        if !self.dedup.insert(ahead.dedup(), event.ts) {
+        if !self.dedup.insert(dedup_id(event), &ahead.dedup, event.ts) {
             return Applied::Duplicate;
         }
         if self.settings.clock == Clock::Event {
@@ -1540,10 +1546,8 @@ impl Engine {
             EventKind::OrderPaid { order, amount, .. } => {
                 // An order the shop reported before (under another event id)
                 // is a resend: taken, not counted twice.
-                if self
-                    .dedup
-                    .insert(order_fingerprint(event.shop.as_str(), order.as_str()), ts)
-                {
+                let id = Id::order(event.shop.as_str(), order.as_str());
+                if self.dedup.insert(id, &dedup::Key::of(id), ts) {
                     self.order(s, ahead.customer().expect("an order names its customer"), *amount, ts);
                 }
             }
@@ -2430,7 +2434,7 @@ impl Engine {
 
     /// Whether (shop, id) was accepted before.
     pub fn is_duplicate(&self, shop: &ShopId, id: &str) -> bool {
-        self.dedup.contains(fingerprint(shop.as_str(), id))
+        self.dedup.contains(Id::event(shop.as_str(), id))
     }
 
     /// Counts of what the engine holds.

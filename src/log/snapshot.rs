@@ -2,13 +2,14 @@
 //! after applying every record below `seq`. Written to a temporary file,
 //! fsynced and renamed, so a crash leaves the old snapshot or the new one.
 //!
-//! File: `DPSNAP04` magic, `seq u64 LE`, `crc32 u32 LE` of the body, body.
+//! File: `DPSNAP05` magic, `seq u64 LE`, `crc32 u32 LE` of the body, body.
 //! The magic's last two digits are the body's format version: a build
 //! refuses a snapshot of another version by name rather than skip it (the
 //! log before a snapshot is gone, so skipping would lose state silently).
 //! `01`: the engine before id interning (2026-11-23); `02`: before
 //! conversations held their agent's mark (2026-11-24); `03`: before each
-//! customer kept every agent message for order attribution (2026-12-03).
+//! customer kept every agent message for order attribution (2026-12-03);
+//! `04`: before ids ending in a rising number were held in runs (2026-12-07).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use super::sync_dir;
 
-const MAGIC: &[u8; 8] = b"DPSNAP04";
+const MAGIC: &[u8; 8] = b"DPSNAP05";
 /// Bytes written between two flushes of a snapshot file.
 const SYNC_PIECE: usize = 1 << 20;
 /// The magic without its version digits.
@@ -150,7 +151,7 @@ mod tests {
         old.extend_from_slice(b"old");
         fs::write(path(&dir, 20), old).unwrap();
         let err = read_latest(&dir).unwrap_err().to_string();
-        assert!(err.contains("DPSNAP01") && err.contains("DPSNAP04"), "{err}");
+        assert!(err.contains("DPSNAP01") && err.contains("DPSNAP05"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
