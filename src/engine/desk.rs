@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::alerts::{Alert, AlertChange};
-use super::dedup::Dedup;
+use super::dedup::{Dedup, Id, Key};
 use super::window::{MarkKind, Window, WindowAcc, WindowMetrics};
 use super::{AgentStats, Applied, Engine, LiveAcc, LiveState, OpenWait, QueueState, Settings};
 use crate::protocol::{AgentId, Event, EventKind, ShopId, TeamId};
@@ -62,7 +62,8 @@ impl Admission {
     pub fn admit(&mut self, event: &Event) -> Applied {
         let n = self.parts.len();
         let owner = partition_of(&event.shop, n);
-        let (id, key) = (super::dedup_id(event), super::dedup_key(event));
+        let id = Id::event(event.shop.as_str(), event.id.as_str());
+        let key = Key::of(id);
         if !self.parts[owner].insert(id, &key, event.ts) {
             return Applied::Duplicate;
         }

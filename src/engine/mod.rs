@@ -28,7 +28,7 @@ use crate::protocol::{AgentId, AgentStatus, ConversationId, CustomerId, Event, E
 use alerts::{Alert, AlertBook, AlertChange, Reading, Rule, Severity, Thresholds};
 use day::{Calendar, Day};
 use deadlines::Deadlines;
-use dedup::{Dedup, Id};
+use dedup::{Dedup, Id, IdKind};
 use index::{IdIndex, halves, whole};
 use marks::{MarkTable, NO_CONVERSATION};
 use seen::Seen;
@@ -1096,9 +1096,10 @@ impl Ahead {
             EventKind::Status { agent, .. } => (None, None, key(agent.as_str())),
             EventKind::Flag { .. } => (None, None, None),
         };
+        let shop_key = id_key(event.shop.as_str());
         Self {
-            dedup: dedup_key(event),
-            shop_key: halves(id_key(event.shop.as_str())),
+            dedup: dedup::Key::of(dedup_id(event, shop_key)),
+            shop_key: halves(shop_key),
             conversation,
             customer,
             agent,
@@ -1133,14 +1134,10 @@ impl Ahead {
     }
 }
 
-/// The event's id, as the duplicate set takes it.
-pub fn dedup_id(event: &Event) -> Id<'_> {
-    Id::event(event.shop.as_str(), event.id.as_str())
-}
-
-/// The dedup key of an event's id.
-pub fn dedup_key(event: &Event) -> dedup::Key {
-    dedup::Key::of(dedup_id(event))
+/// The event's id, as the duplicate set takes it; `shop_key` is the
+/// [`id_key`] of its shop.
+fn dedup_id(event: &Event, shop_key: IdKey) -> Id<'_> {
+    Id::keyed(event.shop.as_str(), shop_key, IdKind::Event, event.id.as_str())
 }
 
 /// Shops cleaned up per `tick`: the hourly pass is spread over ticks so a
@@ -1392,9 +1389,9 @@ impl Engine {
     /// order's), and the index slot of its conversation (or, for an order,
     /// its customer).
     fn fetch_index(&self, event: &Event, a: &mut Ahead) {
-        self.dedup.prefetch(dedup_id(event), &a.dedup);
+        self.dedup.prefetch(dedup_id(event, a.shop_key()), &a.dedup);
         if let EventKind::OrderPaid { order, .. } = &event.kind {
-            let id = Id::order(event.shop.as_str(), order.as_str());
+            let id = Id::keyed(event.shop.as_str(), a.shop_key(), IdKind::Order, order.as_str());
             self.dedup.prefetch(id, &dedup::Key::of(id));
         }
         a.shop = self.shop_ix.get(&a.shop_key()).copied();
@@ -1475,7 +1472,10 @@ impl Engine {
     fn apply_keyed(&mut self, event: &Event, ahead: &Ahead) -> Applied {
         // A duplicate changes nothing, the event clock included: `now` is
         // the largest `ts` accepted, and a resent event may carry a later one.
-        if !self.dedup.insert(dedup_id(event), &ahead.dedup, event.ts) {
+        if !self
+            .dedup
+            .insert(dedup_id(event, ahead.shop_key()), &ahead.dedup, event.ts)
+        {
             return Applied::Duplicate;
         }
         if self.settings.clock == Clock::Event {
@@ -1546,7 +1546,7 @@ impl Engine {
             EventKind::OrderPaid { order, amount, .. } => {
                 // An order the shop reported before (under another event id)
                 // is a resend: taken, not counted twice.
-                let id = Id::order(event.shop.as_str(), order.as_str());
+                let id = Id::keyed(event.shop.as_str(), ahead.shop_key(), IdKind::Order, order.as_str());
                 if self.dedup.insert(id, &dedup::Key::of(id), ts) {
                     self.order(s, ahead.customer().expect("an order names its customer"), *amount, ts);
                 }
