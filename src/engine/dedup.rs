@@ -13,7 +13,7 @@
 //! events are applied. Which ids take which path depends only on what the
 //! set holds, so two sets fed the same ids decide alike.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
@@ -37,7 +37,11 @@ pub struct Dedup {
     /// Generations started since the first (a silence that drops both
     /// counts two).
     generation: u64,
-    /// The runs of numbered ids, per shop that sent one.
+    /// The runs of numbered ids: what a lookup reads, by run key.
+    heads: RunTable,
+    /// Their windows, and whose they are, by [`Head::body`].
+    bodies: Vec<Body>,
+    /// The shops that have runs, or had no room for one.
     shops: Vec<ShopRuns>,
     /// Index into `shops` by the shop's index key ([`index::key_of`], as
     /// the engine finds its shops: one hash of an integer, no string
@@ -46,9 +50,9 @@ pub struct Dedup {
 }
 
 /// How a [`Dedup`] is stored: each generation's fingerprints as a plain
-/// sequence (each set sized once on load), then the runs. Written
-/// straight from the tables (`impl Serialize for Dedup`), read through
-/// this (tests also write it, to compare the bytes).
+/// sequence (each set sized once on load), then the shops and the runs.
+/// Written straight from the tables (`impl Serialize for Dedup`), read
+/// through this (tests also write it, to compare the bytes).
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 struct DedupData {
@@ -57,19 +61,45 @@ struct DedupData {
     current_since: Option<i64>,
     generation: u64,
     shops: Vec<ShopRuns>,
+    runs: Vec<StoredRun>,
 }
 
 impl From<DedupData> for Dedup {
     fn from(d: DedupData) -> Self {
-        let shop_ix = index_shops(&d.shops);
-        Self {
+        let mut set = Self {
             current: FlatSet::from_vec(d.current),
             previous: FlatSet::from_vec(d.previous),
             current_since: d.current_since,
             generation: d.generation,
+            heads: RunTable::default(),
+            bodies: Vec::with_capacity(d.runs.len()),
             shops: d.shops,
-            shop_ix,
+            shop_ix: HashMap::default(),
+        };
+        for run in d.runs {
+            let shop = &mut set.shops[run.shop as usize];
+            shop.runs += 1;
+            let key = run_key(index::key_of(&shop.shop), run.kind, &run.prefix);
+            let body = set.bodies.len() as u32;
+            set.heads.insert(Head {
+                key,
+                lo: run.lo,
+                base: run.base,
+                top: run.base + WORD_BITS * run.words.len() as u64,
+                closed: run.closed.unwrap_or(OPEN),
+                last: run.last,
+                body,
+            });
+            set.bodies.push(Body {
+                words: run.words,
+                held: run.held,
+                shop: run.shop,
+                kind: run.kind,
+                prefix: run.prefix,
+            });
         }
+        set.shop_ix = index_shops(&set.shops);
+        set
     }
 }
 
@@ -79,12 +109,13 @@ impl From<DedupData> for Dedup {
 /// same machine).
 impl Serialize for Dedup {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("DedupData", 5)?;
+        let mut s = serializer.serialize_struct("DedupData", 6)?;
         s.serialize_field("current", &Generation(&self.current))?;
         s.serialize_field("previous", &Generation(&self.previous))?;
         s.serialize_field("current_since", &self.current_since)?;
         s.serialize_field("generation", &self.generation)?;
         s.serialize_field("shops", &self.shops)?;
+        s.serialize_field("runs", &Runs(self))?;
         s.end()
     }
 }
@@ -558,44 +589,38 @@ impl<'a> Id<'a> {
 }
 
 /// How the set looks an id up, worked out once per id (the engine's
-/// look-ahead does it while earlier events are applied): the id's number
-/// and where its digits start, for an id that ends in one ([`numbered`]),
-/// otherwise its fingerprint. Held as two words and a flag, not an enum
-/// over a `u128`, to stay 8-byte aligned (see the engine's `Ahead`).
+/// look-ahead does it while earlier events are applied): for an id that
+/// ends in a number ([`numbered`]), `[number, run key's low half, its
+/// high half]` ([`run_key`], whose high half is never 0); for any other,
+/// `[fingerprint's high half, its low half, 0]`. Three words, 8-byte
+/// aligned, so the engine's `Ahead` that holds one stays small.
 #[derive(Debug, Clone, Copy)]
-pub struct Key {
-    words: [u64; 2],
-    numbered: bool,
-}
+pub struct Key([u64; 3]);
 
 impl Key {
     pub fn of(id: Id) -> Self {
         match numbered(id.text) {
-            Some((at, number)) => Self {
-                words: [number, at as u64],
-                numbered: true,
-            },
+            Some((at, number)) => {
+                let key = run_key(id.shop_key, id.kind, &id.text[..at]);
+                Self([number, key as u64, (key >> 64) as u64])
+            }
             None => {
                 let fp = id.fingerprint();
-                Self {
-                    words: [(fp >> 64) as u64, fp as u64],
-                    numbered: false,
-                }
+                Self([(fp >> 64) as u64, fp as u64, 0])
             }
         }
     }
 
     /// The fingerprint of an id that does not end in a number.
     fn fingerprint(&self) -> Option<Fingerprint> {
-        (!self.numbered).then(|| (u128::from(self.words[0]) << 64) | u128::from(self.words[1]))
+        let [hi, lo, tag] = self.0;
+        (tag == 0).then(|| (u128::from(hi) << 64) | u128::from(lo))
     }
 
-    /// The prefix and number of `id` (the id the key was made of), if it
-    /// ends in a number.
-    fn split<'a>(&self, id: Id<'a>) -> Option<(&'a str, u64)> {
-        debug_assert_eq!(Key::of(id).words, self.words, "the key of another id");
-        self.numbered
-            .then(|| (&id.text[..self.words[1] as usize], self.words[0]))
+    /// The run key and the number of an id that ends in one.
+    fn numbered(&self) -> Option<(RunKey, u64)> {
+        let [number, lo, hi] = self.0;
+        (hi != 0).then(|| ((u128::from(hi) << 64) | u128::from(lo), number))
     }
 }
 
@@ -619,6 +644,21 @@ fn numbered(text: &str) -> Option<(usize, u64)> {
     Some((at, number))
 }
 
+/// What names a run: an index key ([`index::key_of_bytes`]) of its
+/// shop's index key, its kind and its prefix, with bit 64 set so that it
+/// is never 0 (an empty slot of the [`RunTable`]) nor has a high half of
+/// 0 (a [`Key`] without a number). Like the engine's index keys, it lives
+/// only in memory: a snapshot stores the shop, kind and prefix.
+type RunKey = u128;
+
+fn run_key(shop_key: index::Key, kind: IdKind, prefix: &str) -> RunKey {
+    let mut bytes = [0u8; 17 + MAX_PREFIX];
+    bytes[..16].copy_from_slice(&shop_key.to_le_bytes());
+    bytes[16] = kind.separator();
+    bytes[17..17 + prefix.len()].copy_from_slice(prefix.as_bytes());
+    index::key_of_bytes(&bytes[..17 + prefix.len()]) | (1 << 64)
+}
+
 /// The longest prefix a run may have. A counter's is short (`e`,
 /// `ORD-000`, `msg_`); a UUID or a 24-digit hex id that happens to end in
 /// decimal digits leaves a longer one, unique to the id, which could only
@@ -636,34 +676,110 @@ const MAX_STEP_WORDS: u64 = 64;
 /// past its first KiB, about what the flat sets take.
 const FREE_WORDS: u64 = 64;
 /// Runs per shop: ids crafted to have many prefixes cannot grow memory.
-const MAX_RUNS: usize = 8;
+const MAX_RUNS: u32 = 8;
+/// [`Head::closed`] of a run whose window may still grow.
+const OPEN: u64 = u64::MAX;
 
-/// The ids of one shop and kind that share a prefix and are told apart by
-/// their number: the window holds a bit per number from `base` to its
-/// top, one word of each generation per 64 numbers. Numbers below `lo`
-/// are not the window's (they are in the flat sets or new); numbers at or
-/// past the top are new, and the window grows to take them, unless it is
-/// `closed`.
+/// A run: the ids of one shop and kind that share a prefix and are told
+/// apart by their number. Its window holds a bit per number from `base`
+/// to `top`, one word of each generation per 64 numbers ([`Body`]).
+/// Numbers below `lo` are not the window's (they are in the flat sets or
+/// new); numbers at or past the top are new, and the window grows to
+/// take them, unless the run is closed.
 ///
 /// A run never holds a number the flat sets hold: `lo` only rises, a
 /// window grows only past its top, and a number past the top goes to the
 /// flat sets only once the run is closed, which it stays until its window
 /// is empty and `lo` is past every such number.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Run {
+///
+/// The head is all a lookup reads, in one cache line of the
+/// [`RunTable`], so the look-ahead can fetch it before it reads it: a
+/// sparse run (one that closed) then costs an id one line more than the
+/// flat sets alone.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(align(64))]
+struct Head {
+    /// Its [`RunKey`]; 0 in an empty slot.
+    key: RunKey,
+    lo: u64,
+    /// The number of the window's first word's lowest bit, a multiple of 64.
+    base: u64,
+    /// `base` plus 64 numbers per word of the window.
+    top: u64,
+    /// [`OPEN`], or once the window stopped growing, the largest number
+    /// past its top that went to the flat sets.
+    closed: u64,
+    /// The generation in which an id of the run was last recorded.
+    last: u64,
+    /// Its [`Body`] in [`Dedup::bodies`].
+    body: u32,
+}
+
+/// The rest of a run: its window, what it holds and whose it is.
+#[derive(Debug, Clone)]
+struct Body {
+    /// From `base` on: [this generation's bits, the last one's].
+    words: Vec<[u64; 2]>,
+    /// Ids held: [this generation, the last].
+    held: [u64; 2],
+    /// Its shop in [`Dedup::shops`].
+    shop: u32,
+    kind: IdKind,
+    prefix: Box<str>,
+}
+
+/// How a run is stored.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(Serialize, PartialEq))]
+struct StoredRun {
+    shop: u32,
     kind: IdKind,
     prefix: Box<str>,
     lo: u64,
-    /// The number of the first word's lowest bit, a multiple of 64.
     base: u64,
-    /// From `base` on: [this generation's bits, the last one's].
-    words: VecDeque<[u64; 2]>,
-    /// Ids held: [this generation, the last].
+    words: Vec<[u64; 2]>,
     held: [u64; 2],
-    /// Once the window stopped growing: the largest number past its top
-    /// that went to the flat sets.
     closed: Option<u64>,
-    /// The generation in which an id of the run was last recorded.
+    last: u64,
+}
+
+/// The runs in `StoredRun`'s layout, written from the table as it is.
+struct Runs<'a>(&'a Dedup);
+
+impl Serialize for Runs<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let d = self.0;
+        let mut seq = serializer.serialize_seq(Some(d.bodies.len()))?;
+        for head in d.heads.iter() {
+            let body = &d.bodies[head.body as usize];
+            seq.serialize_element(&StoredRunRef {
+                shop: body.shop,
+                kind: body.kind,
+                prefix: &body.prefix,
+                lo: head.lo,
+                base: head.base,
+                words: &body.words,
+                held: body.held,
+                closed: (head.closed != OPEN).then_some(head.closed),
+                last: head.last,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+/// A [`StoredRun`] written from a head and its body.
+#[derive(Serialize)]
+#[serde(rename = "StoredRun")]
+struct StoredRunRef<'a> {
+    shop: u32,
+    kind: IdKind,
+    prefix: &'a str,
+    lo: u64,
+    base: u64,
+    words: &'a [[u64; 2]],
+    held: [u64; 2],
+    closed: Option<u64>,
     last: u64,
 }
 
@@ -675,28 +791,11 @@ enum Place {
     Past,
 }
 
-impl Run {
-    fn new(kind: IdKind, prefix: &str) -> Self {
-        Self {
-            kind,
-            prefix: prefix.into(),
-            lo: 0,
-            base: 0,
-            words: VecDeque::new(),
-            held: [0; 2],
-            closed: None,
-            last: 0,
-        }
-    }
-
-    fn top(&self) -> u64 {
-        self.base + WORD_BITS * self.words.len() as u64
-    }
-
+impl Head {
     fn place(&self, number: u64) -> Place {
         if number < self.lo {
             Place::Below
-        } else if number < self.top() {
+        } else if number < self.top {
             let offset = number - self.base;
             Place::At((offset / WORD_BITS) as usize, 1 << (offset % WORD_BITS))
         } else {
@@ -706,78 +805,140 @@ impl Run {
 
     /// Grows the window to `number`, past its top; false, and the run
     /// closes, if that is too far or would leave the window too sparse.
-    fn grow(&mut self, number: u64) -> bool {
-        if let Some(max) = &mut self.closed {
-            *max = (*max).max(number);
+    fn grow(&mut self, body: &mut Body, number: u64) -> bool {
+        if self.closed != OPEN {
+            self.closed = self.closed.max(number);
             return false;
         }
-        if self.words.is_empty() {
+        let words = &mut body.words;
+        if words.is_empty() {
             self.base = number - number % WORD_BITS;
             self.lo = self.lo.max(self.base);
-            self.words.push_back([0; 2]);
-            return true;
         }
         let len = (number - self.base) / WORD_BITS + 1;
-        let step = len - self.words.len() as u64;
-        if step > MAX_STEP_WORDS || len > FREE_WORDS + self.held[0] + self.held[1] {
-            self.closed = Some(number);
+        let step = len - words.len() as u64;
+        if !words.is_empty() && (step > MAX_STEP_WORDS || len > FREE_WORDS + body.held[0] + body.held[1]) {
+            self.closed = number;
             return false;
         }
-        self.words.resize(len as usize, [0; 2]);
+        words.resize(len as usize, [0; 2]);
+        self.top = self.base + WORD_BITS * len;
         true
     }
 
     /// Records `number`, in the window and not held.
-    fn set(&mut self, number: u64) {
+    fn set(&mut self, body: &mut Body, number: u64) {
         let Place::At(i, mask) = self.place(number) else {
             unreachable!("{number} is in the window");
         };
-        self.words[i][0] |= mask;
-        self.held[0] += 1;
+        body.words[i][0] |= mask;
+        body.held[0] += 1;
     }
 
     /// Moves on one generation (`steps` 1) or drops both (2); a window
     /// emptied from below gives up its words.
-    fn rotate(&mut self, steps: u64) {
-        for w in &mut self.words {
+    fn rotate(&mut self, body: &mut Body, steps: u64) {
+        let words = &mut body.words;
+        for w in words.iter_mut() {
             *w = if steps == 1 { [0, w[0]] } else { [0; 2] };
         }
-        self.held = if steps == 1 { [0, self.held[0]] } else { [0; 2] };
-        while self.words.front().is_some_and(|w| w[1] == 0) {
-            self.words.pop_front();
-            self.base += WORD_BITS;
-        }
+        body.held = if steps == 1 { [0, body.held[0]] } else { [0; 2] };
+        let empty = words.iter().take_while(|w| w[1] == 0).count();
+        words.drain(..empty);
+        self.base += WORD_BITS * empty as u64;
         self.lo = self.lo.max(self.base);
-        if self.words.is_empty() {
-            self.words = VecDeque::new();
+        if words.is_empty() {
+            *words = Vec::new();
             // The numbers that went past the top to the flat sets stay
             // below the next window.
-            if let Some(max) = self.closed.take() {
-                self.lo = self.lo.max(max + 1);
+            if self.closed != OPEN {
+                self.lo = self.lo.max(self.closed + 1);
+                self.closed = OPEN;
             }
         }
     }
 }
 
-/// A shop's runs.
+/// The runs' heads by [`RunKey`]: open addressing with linear probing, at
+/// most half full, one head a cache line. Nothing is removed but at a
+/// rotation, which builds the table anew.
+#[derive(Debug, Clone, Default)]
+struct RunTable {
+    slots: Vec<Head>,
+    len: usize,
+}
+
+impl RunTable {
+    fn home(&self, key: RunKey) -> usize {
+        key as usize & (self.slots.len() - 1)
+    }
+
+    /// The slot of `key`'s head.
+    fn find(&self, key: RunKey) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            match self.slots[i].key {
+                0 => return None,
+                k if k == key => return Some(i),
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    /// Adds `head`, whose key is not in the table; its slot.
+    fn insert(&mut self, head: Head) -> usize {
+        if 2 * (self.len + 1) > self.slots.len() {
+            let old = std::mem::take(&mut self.slots);
+            self.slots = vec![Head::default(); (2 * old.len()).max(16)];
+            self.len = 0;
+            for h in old.into_iter().filter(|h| h.key != 0) {
+                self.insert(h);
+            }
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(head.key);
+        while self.slots[i].key != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = head;
+        self.len += 1;
+        i
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Head> {
+        self.slots.iter().filter(|h| h.key != 0)
+    }
+
+    /// Asks the CPU to fetch the line `key`'s probe starts on.
+    fn prefetch(&self, key: RunKey) {
+        if !self.slots.is_empty() {
+            mem_prefetch::prefetch_read_data::<_, 3>(&self.slots[self.home(key)]);
+        }
+    }
+}
+
+/// A shop that has runs, or found no room for one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 struct ShopRuns {
     shop: Box<str>,
-    runs: Vec<Run>,
     /// The generation in which a numbered id of the shop last found no run
     /// and no room for one, and went to the flat sets: until that
     /// generation is gone, no run may start (it could hold such an id).
     full: Option<u64>,
+    /// How many runs it has (counted on load).
+    #[serde(skip)]
+    runs: u32,
 }
 
 impl ShopRuns {
-    fn find(&self, kind: IdKind, prefix: &str) -> Option<usize> {
-        self.runs.iter().position(|r| r.kind == kind && *r.prefix == *prefix)
-    }
-
     /// Whether a new run may start in `generation`.
     fn may_start(&self, generation: u64) -> bool {
-        self.runs.len() < MAX_RUNS && self.full.is_none_or(|g| g + 2 <= generation)
+        self.runs < MAX_RUNS && self.full.is_none_or(|g| g + 2 <= generation)
     }
 }
 
@@ -792,15 +953,24 @@ fn index_shops(shops: &[ShopRuns]) -> HashMap<index::Key, u32, foldhash::fast::R
 /// Where a numbered id is held or goes.
 #[derive(Debug, Clone, Copy)]
 enum Route {
-    /// Bit `mask` of word `i` of run `r` of shop `s`.
-    Bit { s: usize, r: usize, i: usize, mask: u64 },
-    /// Past the top of run `r`, which is open: new, and the run may grow.
-    Past { s: usize, r: usize },
+    /// Bit `mask` of word `i` of the run in slot `h`.
+    Bit { h: usize, i: usize, mask: u64 },
+    /// Past the top of the run in slot `h`, which is open: new, and the
+    /// window may grow.
+    Past { h: usize },
     /// No run yet, and room for one (in shop `s`, if it has any runs).
     Start { s: Option<usize> },
-    /// The flat sets, for run `r` of shop `s` (below its window, or past a
-    /// closed one) or for no run (the shop has no room for one).
-    Flat { s: usize, r: Option<usize> },
+    /// The flat sets, for the run in slot `h`: below its window, or past
+    /// it once closed.
+    Flat { h: usize },
+    /// The flat sets, for no run: shop `s` has no room for one.
+    Full { s: usize },
+}
+
+impl Route {
+    fn is_flat(self) -> bool {
+        matches!(self, Route::Flat { .. } | Route::Full { .. })
+    }
 }
 
 impl Dedup {
@@ -810,8 +980,9 @@ impl Dedup {
     /// Only a new id moves the generations on: a duplicate stamped a day
     /// or two later must not rotate out the very generation that holds it.
     pub fn insert(&mut self, id: Id, key: &Key, ts: i64) -> bool {
-        match key.split(id) {
-            Some((prefix, number)) => self.insert_numbered(id, prefix, number, ts),
+        debug_assert_eq!(Key::of(id).0, key.0, "the key of another id");
+        match key.numbered() {
+            Some((run, number)) => self.insert_numbered(id, run, number, ts),
             None => self.insert_flat(key.fingerprint().expect("a key without a number has a fingerprint"), ts),
         }
     }
@@ -829,86 +1000,98 @@ impl Dedup {
         self.current.insert(fp)
     }
 
-    fn insert_numbered(&mut self, id: Id, prefix: &str, number: u64, ts: i64) -> bool {
-        let mut route = self.route(id, prefix, number);
-        let fp = matches!(route, Route::Flat { .. }).then(|| id.fingerprint());
+    fn insert_numbered(&mut self, id: Id, run: RunKey, number: u64, ts: i64) -> bool {
+        let mut route = self.route(id, run, number);
+        let fp = route.is_flat().then(|| id.fingerprint());
         if self.holds(route, fp) {
             return false;
         }
         if self.rotation_due(ts) {
             self.rotate(ts);
-            route = self.route(id, prefix, number);
+            route = self.route(id, run, number);
         }
         let generation = self.generation;
+        let flat = |fp: Option<Fingerprint>| fp.unwrap_or_else(|| id.fingerprint());
         match route {
-            Route::Bit { s, r, i, mask } => {
-                let run = &mut self.shops[s].runs[r];
-                run.words[i][0] |= mask;
-                run.held[0] += 1;
-                run.last = generation;
+            Route::Bit { h, i, mask } => {
+                let head = &mut self.heads.slots[h];
+                head.last = generation;
+                let body = &mut self.bodies[head.body as usize];
+                body.words[i][0] |= mask;
+                body.held[0] += 1;
             }
-            Route::Past { s, r } => {
-                let run = &mut self.shops[s].runs[r];
-                run.last = generation;
-                if run.grow(number) {
-                    run.set(number);
+            Route::Past { h } => {
+                let head = &mut self.heads.slots[h];
+                head.last = generation;
+                let body = &mut self.bodies[head.body as usize];
+                if head.grow(body, number) {
+                    head.set(body, number);
                 } else {
-                    self.current.insert(fp.unwrap_or_else(|| id.fingerprint()));
+                    self.current.insert(flat(fp));
                 }
             }
             Route::Start { s } => {
                 let s = s.unwrap_or_else(|| {
-                    let s = self.shops.len();
                     self.shops.push(ShopRuns {
                         shop: id.shop.into(),
-                        runs: Vec::new(),
                         full: None,
+                        runs: 0,
                     });
-                    self.shop_ix.insert(id.shop_key, s as u32);
-                    s
+                    self.shop_ix.insert(id.shop_key, self.shops.len() as u32 - 1);
+                    self.shops.len() - 1
                 });
-                let mut run = Run::new(id.kind, prefix);
-                run.last = generation;
-                run.grow(number);
-                run.set(number);
-                self.shops[s].runs.push(run);
+                self.shops[s].runs += 1;
+                let (at, _) = numbered(id.text).expect("a numbered id");
+                let mut body = Body {
+                    words: Vec::new(),
+                    held: [0; 2],
+                    shop: s as u32,
+                    kind: id.kind,
+                    prefix: id.text[..at].into(),
+                };
+                let mut head = Head {
+                    key: run,
+                    closed: OPEN,
+                    last: generation,
+                    body: self.bodies.len() as u32,
+                    ..Head::default()
+                };
+                head.grow(&mut body, number);
+                head.set(&mut body, number);
+                self.heads.insert(head);
+                self.bodies.push(body);
             }
-            Route::Flat { s, r } => {
-                let shop = &mut self.shops[s];
-                match r {
-                    Some(r) => {
-                        let run = &mut shop.runs[r];
-                        run.last = generation;
-                        if number >= run.top() {
-                            run.grow(number);
-                        }
-                    }
-                    None => shop.full = Some(generation),
+            Route::Flat { h } => {
+                let head = &mut self.heads.slots[h];
+                head.last = generation;
+                if number >= head.top {
+                    head.grow(&mut self.bodies[head.body as usize], number);
                 }
-                self.current.insert(fp.unwrap_or_else(|| id.fingerprint()));
+                self.current.insert(flat(fp));
+            }
+            Route::Full { s } => {
+                self.shops[s].full = Some(generation);
+                self.current.insert(flat(fp));
             }
         }
         true
     }
 
-    /// Where a numbered id is held or goes (see [`Route`]).
-    fn route(&self, id: Id, prefix: &str, number: u64) -> Route {
-        let Some(&s) = self.shop_ix.get(&id.shop_key) else {
-            return Route::Start { s: None };
-        };
-        let (s, shop) = (s as usize, &self.shops[s as usize]);
-        let Some(r) = shop.find(id.kind, prefix) else {
-            return if shop.may_start(self.generation) {
-                Route::Start { s: Some(s) }
-            } else {
-                Route::Flat { s, r: None }
+    /// Where the numbered `id`, of run `run`, is held or goes (see
+    /// [`Route`]).
+    fn route(&self, id: Id, run: RunKey, number: u64) -> Route {
+        if let Some(h) = self.heads.find(run) {
+            let head = &self.heads.slots[h];
+            return match head.place(number) {
+                Place::At(i, mask) => Route::Bit { h, i, mask },
+                Place::Past if head.closed == OPEN => Route::Past { h },
+                Place::Past | Place::Below => Route::Flat { h },
             };
-        };
-        let run = &shop.runs[r];
-        match run.place(number) {
-            Place::At(i, mask) => Route::Bit { s, r, i, mask },
-            Place::Past if run.closed.is_none() => Route::Past { s, r },
-            Place::Past | Place::Below => Route::Flat { s, r: Some(r) },
+        }
+        match self.shop_ix.get(&id.shop_key) {
+            None => Route::Start { s: None },
+            Some(&s) if self.shops[s as usize].may_start(self.generation) => Route::Start { s: Some(s as usize) },
+            Some(&s) => Route::Full { s: s as usize },
         }
     }
 
@@ -916,23 +1099,24 @@ impl Dedup {
     /// when the route is to the flat sets.
     fn holds(&self, route: Route, fp: Option<Fingerprint>) -> bool {
         match route {
-            Route::Bit { s, r, i, mask } => {
-                let [current, previous] = self.shops[s].runs[r].words[i];
+            Route::Bit { h, i, mask } => {
+                let [current, previous] = self.bodies[self.heads.slots[h].body as usize].words[i];
                 (current | previous) & mask != 0
             }
             Route::Past { .. } | Route::Start { .. } => false,
-            Route::Flat { .. } => self.holds_flat(fp.expect("a route to the flat sets comes with its fingerprint")),
+            Route::Flat { .. } | Route::Full { .. } => {
+                self.holds_flat(fp.expect("a route to the flat sets comes with its fingerprint"))
+            }
         }
     }
 
     /// Whether `id` was seen, without recording it.
     pub fn contains(&self, id: Id) -> bool {
         let key = Key::of(id);
-        match key.split(id) {
-            Some((prefix, number)) => {
-                let route = self.route(id, prefix, number);
-                let fp = matches!(route, Route::Flat { .. }).then(|| id.fingerprint());
-                self.holds(route, fp)
+        match key.numbered() {
+            Some((run, number)) => {
+                let route = self.route(id, run, number);
+                self.holds(route, route.is_flat().then(|| id.fingerprint()))
             }
             None => self.holds_flat(key.fingerprint().expect("a key without a number has a fingerprint")),
         }
@@ -942,30 +1126,42 @@ impl Dedup {
         self.current.contains(fp) || self.previous.contains(fp)
     }
 
-    /// Starts fetching the memory an `insert` of `id` will probe in the
-    /// flat sets, if it goes there, so a batch can overlap that wait with
-    /// the events before it. (A run's window is where its last ids were,
-    /// in cache.)
-    pub fn prefetch(&self, id: Id, key: &Key) {
-        let fp = match key.split(id) {
-            None => key.fingerprint().expect("a key without a number has a fingerprint"),
-            Some((prefix, number)) => match self.route(id, prefix, number) {
-                Route::Flat { .. } => id.fingerprint(),
-                _ => return,
-            },
+    /// The look-ahead's first step for an id: starts fetching the lines of
+    /// the flat sets its insert will probe, or for a numbered id, its
+    /// run's head. Reads nothing that may miss the cache, so a batch can
+    /// overlap these waits with the events before it.
+    pub fn prefetch(&self, key: &Key) {
+        match key.numbered() {
+            Some((run, _)) => self.heads.prefetch(run),
+            None => self.prefetch_flat(key.fingerprint().expect("a key without a number has a fingerprint")),
+        }
+    }
+
+    /// The look-ahead's second step, some events after [`Dedup::prefetch`]
+    /// (whose line it reads): for a numbered id, the flat sets' lines if it
+    /// goes there, or its word of the run's window.
+    pub fn prefetch_route(&self, id: Id, key: &Key) {
+        let Some((run, number)) = key.numbered() else {
+            return;
         };
+        match self.route(id, run, number) {
+            Route::Bit { h, i, .. } => {
+                let body = &self.bodies[self.heads.slots[h].body as usize];
+                mem_prefetch::prefetch_read_data::<_, 3>(&body.words[i]);
+            }
+            Route::Flat { .. } | Route::Full { .. } => self.prefetch_flat(id.fingerprint()),
+            Route::Past { .. } | Route::Start { .. } => {}
+        }
+    }
+
+    fn prefetch_flat(&self, fp: Fingerprint) {
         self.current.prefetch(fp);
         self.previous.prefetch(fp);
     }
 
     /// Number of ids held.
     pub fn len(&self) -> usize {
-        let in_runs: u64 = self
-            .shops
-            .iter()
-            .flat_map(|s| &s.runs)
-            .map(|r| r.held[0] + r.held[1])
-            .sum();
+        let in_runs: u64 = self.bodies.iter().map(|b| b.held[0] + b.held[1]).sum();
         self.current.len() + self.previous.len() + in_runs as usize
     }
 
@@ -1002,23 +1198,43 @@ impl Dedup {
         self.current_since = Some(ts);
     }
 
-    /// Moves every run on `steps` generations, and lets go of the runs
-    /// (and shops) with nothing left in either generation.
+    /// Moves every run on `steps` generations, lets go of the runs with
+    /// nothing recorded in either generation and of the shops left with
+    /// no run and no recent lack of room, and builds the table anew.
     fn rotate_runs(&mut self, steps: u64) {
         self.generation += steps;
         let generation = self.generation;
+        let heads = std::mem::take(&mut self.heads);
+        let mut bodies: Vec<Option<Body>> = std::mem::take(&mut self.bodies).into_iter().map(Some).collect();
         for shop in &mut self.shops {
-            for run in &mut shop.runs {
-                run.rotate(steps);
+            shop.runs = 0;
+        }
+        let mut kept = Vec::new();
+        for mut head in heads.slots.into_iter().filter(|h| h.key != 0) {
+            let mut body = bodies[head.body as usize].take().expect("one head per body");
+            head.rotate(&mut body, steps);
+            if head.last + 2 > generation {
+                self.shops[body.shop as usize].runs += 1;
+                kept.push((head, body));
             }
-            shop.runs.retain(|r| r.last + 2 > generation);
         }
-        let before = self.shops.len();
-        self.shops
-            .retain(|s| !s.runs.is_empty() || s.full.is_some_and(|g| g + 2 > generation));
-        if self.shops.len() != before {
-            self.shop_ix = index_shops(&self.shops);
+        // The shops kept, and each old index's new one.
+        let mut moved = Vec::with_capacity(self.shops.len());
+        let mut shops = Vec::new();
+        for shop in std::mem::take(&mut self.shops) {
+            moved.push(shops.len() as u32);
+            if shop.runs > 0 || shop.full.is_some_and(|g| g + 2 > generation) {
+                shops.push(shop);
+            }
         }
+        self.shops = shops;
+        for (mut head, mut body) in kept {
+            body.shop = moved[body.shop as usize];
+            head.body = self.bodies.len() as u32;
+            self.heads.insert(head);
+            self.bodies.push(body);
+        }
+        self.shop_ix = index_shops(&self.shops);
     }
 }
 
@@ -1109,9 +1325,8 @@ mod tests {
         for n in 1..=100_000 {
             assert!(add(&mut d, "s", &format!("e{n}"), n));
         }
-        assert_eq!((d.current.len(), d.shops.len(), d.shops[0].runs.len()), (0, 1, 1));
-        let run = &d.shops[0].runs[0];
-        assert_eq!(run.words.len(), 100_000 / 64 + 1);
+        assert_eq!((d.current.len(), d.shops.len(), d.shops[0].runs, d.bodies.len()), (0, 1, 1, 1));
+        assert_eq!(d.bodies[0].words.len(), 100_000 / 64 + 1);
         assert_eq!(d.len(), 100_000);
         assert!((1..=100_000).all(|n| has(&d, "s", &format!("e{n}"))));
         assert!(!has(&d, "s", "e0") && !has(&d, "s", "e100001") && !has(&d, "t", "e5"));
@@ -1126,6 +1341,27 @@ mod tests {
         assert!(!has(&d, "s", "e77"));
         assert_eq!(d.shops.len(), 0);
         assert!(add(&mut d, "s", "e77", 1 + 2 * GENERATION_MS));
+    }
+
+    #[test]
+    fn a_shop_let_go_at_a_rotation_leaves_every_other_run_to_its_own_shop() {
+        let mut d = Dedup::default();
+        assert!(add(&mut d, "a", "e1", 0) && add(&mut d, "b", "e1", 0) && add(&mut d, "c", "e1", 0));
+        // b and c stay busy, a falls silent: its run and its place go.
+        for day in 1..=3 {
+            for shop in ["b", "c"] {
+                assert!(add(&mut d, shop, &format!("e{}", day + 1), day * GENERATION_MS));
+            }
+        }
+        assert_eq!(d.shops.iter().map(|s| &*s.shop).collect::<Vec<_>>(), ["b", "c"]);
+        for head in d.heads.iter() {
+            let body = &d.bodies[head.body as usize];
+            let shop = index::key_of(&d.shops[body.shop as usize].shop);
+            assert_eq!(head.key, run_key(shop, body.kind, &body.prefix));
+        }
+        assert!(has(&d, "b", "e4") && has(&d, "c", "e3") && !has(&d, "a", "e1"));
+        assert!(!add(&mut d, "c", "e4", 3 * GENERATION_MS + 1));
+        assert!(add(&mut d, "a", "e1", 3 * GENERATION_MS + 2) && !has(&d, "a", "e2"));
     }
 
     #[test]
@@ -1147,9 +1383,8 @@ mod tests {
                 ids.push(id);
             }
         }
-        let runs = &d.shops[0].runs;
-        assert!(runs.len() <= MAX_RUNS);
-        for run in runs {
+        assert!(d.shops[0].runs <= MAX_RUNS && d.bodies.len() as u32 == d.shops[0].runs);
+        for run in &d.bodies {
             assert!(run.words.len() as u64 <= FREE_WORDS + run.held[0] + run.held[1] + 1);
         }
         assert_eq!(d.len(), ids.len());
@@ -1263,17 +1498,9 @@ mod tests {
             let held = exact.current.contains(&key) || exact.previous.contains(&key);
             assert_eq!(d.contains(id), held, "{id:?}");
         }
-        assert!(
-            d.shops.iter().any(|s| s.runs.iter().any(|r| r.closed.is_some())),
-            "a run closed"
-        );
+        assert!(d.heads.iter().any(|h| h.closed != OPEN), "a run closed");
         assert!(d.current.len() > 0, "the flat sets took ids");
-        let in_runs: u64 = d
-            .shops
-            .iter()
-            .flat_map(|s| &s.runs)
-            .map(|r| r.held[0] + r.held[1])
-            .sum();
+        let in_runs: u64 = d.bodies.iter().map(|r| r.held[0] + r.held[1]).sum();
         // Both paths in use (with 962 ids in runs and 22 672 in the flat
         // sets at the end, on 2026-12-07).
         assert!(in_runs > 500, "runs took ids");
@@ -1454,13 +1681,33 @@ mod tests {
             n += 1;
         }
         add(&mut d, "s", "e2", GENERATION_MS + 8);
+        add(&mut d, "t", "n5", GENERATION_MS + 9);
         let layout = DedupData {
             current: d.current.iter().collect(),
             previous: d.previous.iter().collect(),
             current_since: d.current_since,
             generation: d.generation,
             shops: d.shops.clone(),
+            runs: d
+                .heads
+                .iter()
+                .map(|h| {
+                    let b = &d.bodies[h.body as usize];
+                    StoredRun {
+                        shop: b.shop,
+                        kind: b.kind,
+                        prefix: b.prefix.clone(),
+                        lo: h.lo,
+                        base: h.base,
+                        words: b.words.clone(),
+                        held: b.held,
+                        closed: (h.closed != OPEN).then_some(h.closed),
+                        last: h.last,
+                    }
+                })
+                .collect(),
         };
+        assert_eq!(layout.runs.len(), 2);
         assert_eq!(layout.current.len(), d.current.len());
         assert!(layout.current.contains(&kept(0)));
         let bytes = postcard::to_stdvec(&d).unwrap();
@@ -1469,6 +1716,7 @@ mod tests {
         assert_eq!(back.len(), d.len());
         assert!(back.holds_flat(0) && has(&back, "t", "x0y") && has(&back, "s", "x1y"));
         assert!(has(&back, "s", "e1") && has(&back, "s", "e2") && !has(&back, "s", "e3"));
+        assert!(has(&back, "t", "n5") && !has(&back, "s", "n5"));
     }
 
     /// The definition of [`fingerprint`] one byte at a time, as first written.

@@ -1140,6 +1140,16 @@ fn dedup_id(event: &Event, shop_key: IdKey) -> Id<'_> {
     Id::keyed(event.shop.as_str(), shop_key, IdKind::Event, event.id.as_str())
 }
 
+/// An order's id, as the duplicate set takes it, for an order event.
+fn order_id(event: &Event, shop_key: IdKey) -> Option<Id<'_>> {
+    match &event.kind {
+        EventKind::OrderPaid { order, .. } => {
+            Some(Id::keyed(event.shop.as_str(), shop_key, IdKind::Order, order.as_str()))
+        }
+        _ => None,
+    }
+}
+
 /// Shops cleaned up per `tick`: the hourly pass is spread over ticks so a
 /// desk with thousands of shops never stops for it.
 pub const MAINTAIN_SHOPS_PER_TICK: u32 = 8;
@@ -1364,8 +1374,8 @@ impl Engine {
             if let Some(a) = ahead.get_mut(step) {
                 self.fetch_index(&events[step], a);
             }
-            if let Some(a) = at(ENTRY_AHEAD).and_then(|i| ahead.get_mut(i)) {
-                self.fetch_entry(a);
+            if let Some(i) = at(ENTRY_AHEAD).filter(|&i| i < n) {
+                self.fetch_entry(&events[i], &mut ahead[i]);
             }
             if let Some(a) = at(PARTIAL_AHEAD).and_then(|i| ahead.get(i)) {
                 self.fetch_partial(a);
@@ -1386,13 +1396,12 @@ impl Engine {
     }
 
     /// Look-ahead, first stage: the event's duplicate-set slot (and an
-    /// order's), and the index slot of its conversation (or, for an order,
-    /// its customer).
+    /// order's) or its run's head, and the index slot of its conversation
+    /// (or, for an order, its customer).
     fn fetch_index(&self, event: &Event, a: &mut Ahead) {
-        self.dedup.prefetch(dedup_id(event, a.shop_key()), &a.dedup);
-        if let EventKind::OrderPaid { order, .. } = &event.kind {
-            let id = Id::keyed(event.shop.as_str(), a.shop_key(), IdKind::Order, order.as_str());
-            self.dedup.prefetch(id, &dedup::Key::of(id));
+        self.dedup.prefetch(&a.dedup);
+        if let Some(id) = order_id(event, a.shop_key()) {
+            self.dedup.prefetch(&dedup::Key::of(id));
         }
         a.shop = self.shop_ix.get(&a.shop_key()).copied();
         let Some(s) = a.shop else { return };
@@ -1407,9 +1416,14 @@ impl Engine {
         }
     }
 
-    /// Second stage: the conversation's entry, or when the event opens
-    /// one (or names another customer), the customer's index slot.
-    fn fetch_entry(&self, a: &mut Ahead) {
+    /// Second stage: where a numbered id goes in the duplicate set (its
+    /// run's head read), and the conversation's entry, or when the event
+    /// opens one (or names another customer), the customer's index slot.
+    fn fetch_entry(&self, event: &Event, a: &mut Ahead) {
+        self.dedup.prefetch_route(dedup_id(event, a.shop_key()), &a.dedup);
+        if let Some(id) = order_id(event, a.shop_key()) {
+            self.dedup.prefetch_route(id, &dedup::Key::of(id));
+        }
         let Some(s) = a.shop else { return };
         let shop = &self.shops[s as usize];
         match a.conversation() {
