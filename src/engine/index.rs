@@ -30,13 +30,7 @@ pub type Key = u128;
 /// the hashing of an event's ids fell from 603 to 410 instructions on the
 /// engine bench's desk (callgrind).
 pub fn key_of(id: &str) -> Key {
-    key_of_bytes(id.as_bytes())
-}
-
-/// [`key_of`] over bytes that need not be text (the duplicate set keys
-/// its runs by a shop's key, a kind and a prefix).
-#[inline]
-pub fn key_of_bytes(b: &[u8]) -> Key {
+    let b = id.as_bytes();
     let n = b.len();
     let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
     let (mut a, mut c) = (LANE_A[0], LANE_B[0]);

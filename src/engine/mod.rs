@@ -1358,8 +1358,9 @@ impl Engine {
     /// one before. So the batch looks ahead in four stages, each a few
     /// events before the event is applied, and each finding in cache what
     /// the stage before asked for: [`INDEX_AHEAD`] events ahead, the
-    /// duplicate-set slot and the conversation's index slot;
-    /// [`ENTRY_AHEAD`], the conversation entry; [`PARTIAL_AHEAD`], its
+    /// duplicate-set slot (or a numbered id's run head) and the
+    /// conversation's index slot; [`ENTRY_AHEAD`], where a numbered id
+    /// goes in the duplicate set, and the conversation entry; [`PARTIAL_AHEAD`], its
     /// customer and its agent's partial; one ahead, the line of that
     /// partial's mark table the customer's lookup starts on. Each id is
     /// hashed once.
