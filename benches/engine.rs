@@ -652,15 +652,17 @@ fn memory_agents(agents: u64) {
     let round_ms = 25_000i64;
     let base = START + 10 * 3_600_000;
     // The dedup set is desk-wide (every event id for 24–48 h), so it is
-    // reported apart: one of the same size (3 events per conversation) is
-    // built first, on its own, and kept, so it grows into fresh memory
-    // exactly as the engine's own set does.
+    // reported apart: one holding the same ids of the same shops as the
+    // engine's below (3 events per conversation, numbered across the desk,
+    // so each shop's runs close and its ids go to the flat sets) is built
+    // first, on its own, and kept, so it grows into fresh memory exactly as
+    // the engine's own set does.
     let dedup_ids = 3 * per_agent * agents;
     let before_dedup = rss_bytes();
     let mut dedup = deskpulse::engine::dedup::Dedup::default();
     for i in 0..dedup_ids {
-        let id = i.to_string();
-        let id = deskpulse::engine::dedup::Id::event("shop-1", &id);
+        let (shop, id) = (format!("shop-{}", (i / 3) % agents % 500), format!("e{}", i + 1));
+        let id = deskpulse::engine::dedup::Id::event(&shop, &id);
         dedup.insert(id, &deskpulse::engine::dedup::Key::of(id), base);
     }
     let dedup_bytes = rss_bytes().saturating_sub(before_dedup) as f64;
