@@ -1140,7 +1140,10 @@ fn dedup_id(event: &Event, shop_key: IdKey) -> Id<'_> {
     Id::keyed(event.shop.as_str(), shop_key, IdKind::Event, event.id.as_str())
 }
 
-/// An order's id, as the duplicate set takes it, for an order event.
+/// An order's id, as the duplicate set takes it, for an order event. Its
+/// [`dedup::Key`] is worked out at each look-ahead stage and again when
+/// the event is applied: the look-ahead record has no room to keep it,
+/// and orders are a few events in a hundred.
 fn order_id(event: &Event, shop_key: IdKey) -> Option<Id<'_>> {
     match &event.kind {
         EventKind::OrderPaid { order, .. } => {
@@ -1558,10 +1561,10 @@ impl Engine {
                 let cu = self.shops[s as usize].customer(customer, ts);
                 self.flag(s, cu);
             }
-            EventKind::OrderPaid { order, amount, .. } => {
+            EventKind::OrderPaid { amount, .. } => {
                 // An order the shop reported before (under another event id)
                 // is a resend: taken, not counted twice.
-                let id = Id::keyed(event.shop.as_str(), ahead.shop_key(), IdKind::Order, order.as_str());
+                let id = order_id(event, ahead.shop_key()).expect("an order event has an order id");
                 if self.dedup.insert(id, &dedup::Key::of(id), ts) {
                     self.order(s, ahead.customer().expect("an order names its customer"), *amount, ts);
                 }
