@@ -1018,17 +1018,19 @@ impl Dedup {
 
     fn insert_numbered(&mut self, id: Id, run: RunKey, number: u64, ts: i64) -> bool {
         let mut route = self.route(id, run, number);
-        let fp = numbered_fingerprint(run, number);
+        // Made only for an id the flat sets take (a window's bit needs none).
+        let fp = || numbered_fingerprint(run, number);
         if route.is_flat() && !self.rotation_due(ts) {
             // As for an id without a number: the last generation probed,
             // then this one, where the probe places it.
+            let fp = fp();
             if self.previous.contains(fp) || !self.current.insert(fp) {
                 return false;
             }
             self.went_flat(route, number);
             return true;
         }
-        if self.holds(route, fp) {
+        if self.holds(route, run, number) {
             return false;
         }
         if self.rotation_due(ts) {
@@ -1051,7 +1053,7 @@ impl Dedup {
                 if head.grow(body, number) {
                     head.set(body, number);
                 } else {
-                    self.current.insert(fp);
+                    self.current.insert(fp());
                 }
             }
             Route::Start { s } => {
@@ -1086,7 +1088,7 @@ impl Dedup {
                 self.bodies.push(body);
             }
             Route::Flat { .. } | Route::Full { .. } => {
-                self.current.insert(fp);
+                self.current.insert(fp());
                 self.went_flat(route, number);
             }
         }
@@ -1127,15 +1129,16 @@ impl Dedup {
         }
     }
 
-    /// Whether the id `route` leads to, whose fingerprint is `fp`, is held.
-    fn holds(&self, route: Route, fp: Fingerprint) -> bool {
+    /// Whether the id numbered `number` of run `run`, which `route` leads
+    /// to, is held.
+    fn holds(&self, route: Route, run: RunKey, number: u64) -> bool {
         match route {
             Route::Bit { h, i, mask } => {
                 let [current, previous] = self.bodies[self.heads.slots[h].body as usize].words[i];
                 (current | previous) & mask != 0
             }
             Route::Past { .. } | Route::Start { .. } => false,
-            Route::Flat { .. } | Route::Full { .. } => self.holds_flat(fp),
+            Route::Flat { .. } | Route::Full { .. } => self.holds_flat(numbered_fingerprint(run, number)),
         }
     }
 
@@ -1143,7 +1146,7 @@ impl Dedup {
     pub fn contains(&self, id: Id) -> bool {
         let key = Key::of(id);
         match key.numbered() {
-            Some((run, number)) => self.holds(self.route(id, run, number), numbered_fingerprint(run, number)),
+            Some((run, number)) => self.holds(self.route(id, run, number), run, number),
             None => self.holds_flat(key.fingerprint().expect("a key without a number has a fingerprint")),
         }
     }
