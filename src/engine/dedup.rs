@@ -585,7 +585,7 @@ impl<'a> Id<'a> {
     }
 
     /// Its fingerprint: [`fingerprint`] or [`order_fingerprint`].
-    pub fn fingerprint(self) -> Fingerprint {
+    fn fingerprint(self) -> Fingerprint {
         separated(self.shop, self.kind.separator(), self.text)
     }
 }
