@@ -386,14 +386,14 @@ impl FlatSet {
 /// little-endian into 8-byte words. Defined here, not borrowed from a crate,
 /// so it stays the same across versions (snapshots hold it).
 pub fn fingerprint(shop: &str, id: &str) -> Fingerprint {
-    separated(shop, 0xff, id)
+    separated(shop, IdKind::Event.separator(), id)
 }
 
 /// The fingerprint of the order `order` of `shop`, kept in the same sets
 /// as event ids: the same hash over `shop`, 0xfe, `order`. Neither 0xfe
 /// nor 0xff occurs in UTF-8, so no `(shop, id)` can give these bytes.
 pub fn order_fingerprint(shop: &str, order: &str) -> Fingerprint {
-    separated(shop, 0xfe, order)
+    separated(shop, IdKind::Order.separator(), order)
 }
 
 /// The hash over `shop`, the byte `separator`, `id`.
@@ -905,13 +905,17 @@ impl RunTable {
         }
     }
 
-    /// Adds `head`, whose key is not in the table; its slot.
-    fn insert(&mut self, head: Head) -> usize {
+    /// Adds `head`, whose key is not in the table.
+    fn insert(&mut self, head: Head) {
         if 2 * (self.len + 1) > self.slots.len() {
-            let old = std::mem::take(&mut self.slots);
-            self.slots = vec![Head::default(); (2 * old.len()).max(16)];
-            self.len = 0;
-            for h in old.into_iter().filter(|h| h.key != 0) {
+            let old = std::mem::replace(
+                self,
+                Self {
+                    slots: vec![Head::default(); (2 * self.slots.len()).max(16)],
+                    len: 0,
+                },
+            );
+            for &h in old.iter() {
                 self.insert(h);
             }
         }
@@ -922,7 +926,6 @@ impl RunTable {
         }
         self.slots[i] = head;
         self.len += 1;
-        i
     }
 
     fn iter(&self) -> impl Iterator<Item = &Head> {
@@ -1239,7 +1242,7 @@ impl Dedup {
             shop.runs = 0;
         }
         let mut kept = Vec::new();
-        for mut head in heads.slots.into_iter().filter(|h| h.key != 0) {
+        for mut head in heads.iter().copied() {
             let mut body = bodies[head.body as usize].take().expect("one head per body");
             head.rotate(&mut body, steps);
             if head.last + 2 > generation {
