@@ -10,8 +10,10 @@
 #   AFTER=1000000 COUNT=200000 TOP=30 scripts/engine-instructions.sh /tmp/engine-new
 #
 # Needs `valgrind` (not installed by scripts/test.sh). A run of the
-# defaults takes about a minute. The counts repeat run to run, which the
-# host's clock does not (±10-25 % between runs): use them to see what a
+# defaults takes about a minute. The counts repeat run to run (the
+# instructions to the unit an event, the branch misses to about 1 %: the
+# tables' hash seeds are random), which the host's clock does not
+# (±10-25 % between runs): use them to see what a
 # change does to the work per event. They are not the rate: on
 # 2026-12-07 a change that cut 4 % of the instructions per event read the
 # same rate as the build before it (BENCHMARKS.md, *Instructions are not
