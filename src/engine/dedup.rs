@@ -81,24 +81,25 @@ impl From<DedupData> for Dedup {
         for run in d.runs {
             let shop = &mut set.shops[run.shop as usize];
             shop.runs += 1;
-            let key = run_key(&shop.shop, run.kind, &run.prefix);
-            let body = set.bodies.len() as u32;
-            set.heads.insert(Head {
-                key,
+            let head = Head {
+                key: run_key(&shop.shop, run.kind, &run.prefix),
                 lo: run.lo,
                 base: run.base,
                 top: run.base + WORD_BITS * run.words.len() as u64,
                 closed: run.closed.unwrap_or(OPEN),
                 last: run.last,
-                body,
-            });
-            set.bodies.push(Body {
-                words: run.words,
-                held: run.held,
-                shop: run.shop,
-                kind: run.kind,
-                prefix: run.prefix,
-            });
+                ..Head::default()
+            };
+            set.add_run(
+                head,
+                Body {
+                    words: run.words,
+                    held: run.held,
+                    shop: run.shop,
+                    kind: run.kind,
+                    prefix: run.prefix,
+                },
+            );
         }
         set.shop_ix = index_shops(&set.shops);
         set
@@ -744,6 +745,14 @@ struct Body {
     prefix: Box<str>,
 }
 
+impl Body {
+    /// Records the number at bit `mask` of word `i`, not held.
+    fn set(&mut self, i: usize, mask: u64) {
+        self.words[i][0] |= mask;
+        self.held[0] += 1;
+    }
+}
+
 /// How a run is stored.
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(test, derive(Serialize, PartialEq))]
@@ -847,8 +856,7 @@ impl Head {
         let Place::At(i, mask) = self.place(number) else {
             unreachable!("{number} is in the window");
         };
-        body.words[i][0] |= mask;
-        body.held[0] += 1;
+        body.set(i, mask);
     }
 
     /// Moves on one generation (`steps` 1) or drops both (2); a window
@@ -1045,9 +1053,7 @@ impl Dedup {
             Route::Bit { h, i, mask } => {
                 let head = &mut self.heads.slots[h];
                 head.last = generation;
-                let body = &mut self.bodies[head.body as usize];
-                body.words[i][0] |= mask;
-                body.held[0] += 1;
+                self.bodies[head.body as usize].set(i, mask);
             }
             Route::Past { h } => {
                 let head = &mut self.heads.slots[h];
@@ -1082,13 +1088,11 @@ impl Dedup {
                     key: run,
                     closed: OPEN,
                     last: generation,
-                    body: self.bodies.len() as u32,
                     ..Head::default()
                 };
                 head.grow(&mut body, number);
                 head.set(&mut body, number);
-                self.heads.insert(head);
-                self.bodies.push(body);
+                self.add_run(head, body);
             }
             Route::Flat { .. } | Route::Full { .. } => {
                 self.current.insert(fp());
@@ -1096,6 +1100,13 @@ impl Dedup {
             }
         }
         true
+    }
+
+    /// Adds a run: its head to the table, linked to its body.
+    fn add_run(&mut self, mut head: Head, body: Body) {
+        head.body = self.bodies.len() as u32;
+        self.heads.insert(head);
+        self.bodies.push(body);
     }
 
     /// What a run (or its shop) records of a new id numbered `number` that
@@ -1260,11 +1271,9 @@ impl Dedup {
             }
         }
         self.shops = shops;
-        for (mut head, mut body) in kept {
+        for (head, mut body) in kept {
             body.shop = moved[body.shop as usize];
-            head.body = self.bodies.len() as u32;
-            self.heads.insert(head);
-            self.bodies.push(body);
+            self.add_run(head, body);
         }
         self.shop_ix = index_shops(&self.shops);
     }
