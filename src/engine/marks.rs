@@ -286,6 +286,14 @@ impl MarkTable {
         }
     }
 
+    /// Asks for the line of `slot`, where a held mark was taken from
+    /// ([`MarkTable::get_mut_at`] looks there first).
+    pub fn prefetch_slot(&self, slot: u32) {
+        if let Some(m) = self.slots.get(slot as usize) {
+            mem_prefetch::prefetch_read_data::<_, 3>(m);
+        }
+    }
+
     pub fn get(&self, customer: CustIx) -> Option<MarkTimes> {
         self.find_index(customer).map(|i| self.slots[i].times(self.epoch))
     }

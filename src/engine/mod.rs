@@ -1120,6 +1120,17 @@ impl Ahead {
         self.customer.map(whole)
     }
 
+    /// Whether the event may fold back the mark `conversation` holds for
+    /// its agent, whose key is `agent_key`: a close (the only event naming
+    /// a conversation but no customer), or one naming another customer or
+    /// another agent.
+    fn may_release(&self, conversation: &Conversation, agent_key: [u64; 2]) -> bool {
+        match self.customer {
+            None => self.conversation.is_some(),
+            Some(customer) => customer != conversation.customer_key || self.agent.is_some_and(|k| k != agent_key),
+        }
+    }
+
     /// The conversation and customer keys of a chat or assign event.
     fn chat_keys(&self) -> [IdKey; 2] {
         [
@@ -1474,16 +1485,27 @@ impl Engine {
     }
 
     /// Fourth stage: the line of the conversation agent's mark table the
-    /// customer's lookup starts on (the conversation's first mark there,
-    /// and a held mark released, read it).
+    /// event reads, if it reads one. Without a held mark, the event's
+    /// first mark looks the customer up from its home line. A held mark
+    /// takes every message in the conversation's own entry, so the table
+    /// is read again only when the mark is folded back, at the slot it
+    /// sat in: on a close, or when the event names another agent or
+    /// customer. Most events are messages through a held mark and read no
+    /// line of the table; asking for one anyway fetched a random line of
+    /// it for nearly every event (the rate read the same without them:
+    /// BENCHMARKS.md, *Mark lines asked for only when read*).
     fn fetch_marks(&self, a: &Ahead) {
         let Some(s) = a.shop else { return };
         let shop = &self.shops[s as usize];
         let Some(conversation) = a.found.and_then(|c| shop.conversations.get(c)) else {
             return;
         };
-        if let Some(p) = conversation.agent.and_then(|agent| shop.partials.get(&agent)) {
+        let Some(agent) = conversation.agent else { return };
+        let Some(p) = shop.partials.get(&agent) else { return };
+        if !conversation.holds_mark {
             p.marks.prefetch(conversation.customer);
+        } else if a.may_release(conversation, self.agents[agent as usize].key) {
+            p.marks.prefetch_slot(conversation.mark_slot);
         }
     }
 
