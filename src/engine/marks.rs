@@ -115,6 +115,11 @@ impl MarkTimes {
             _ => (self.counted, self.replied),
         }
     }
+
+    /// The latest of the three times (`i64::MIN`: all never).
+    pub fn latest(&self) -> i64 {
+        self.counted.max(self.replied).max(self.paid)
+    }
 }
 
 impl Marks {
@@ -190,7 +195,7 @@ impl MarkMut<'_> {
 /// Customer → marks, whose entries can be reached again by slot: linear
 /// probing from the slot the customer's hash picks, at most 8/10 full,
 /// growing fourfold when it would be fuller ([`MarkTable::grow`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(super) struct MarkTable {
     /// No slots, or a power of two of them; [`EMPTY`] where none is held.
     slots: Vec<Marks>,
@@ -203,6 +208,25 @@ pub(super) struct MarkTable {
     /// it: the last look found none. A sender whose clock runs months
     /// ahead thus costs one pass over the table a day, not one an event.
     far_until: Option<i64>,
+    /// No later than the latest time of any entry ([`MarkTimes::latest`]),
+    /// `i64::MIN` while not known (a table just restored): each entry's
+    /// times only rise once it is made, so this is lowered as entries are
+    /// made and set by each [`MarkTable::retain`]. The hourly clean-up
+    /// reads no entry of a table whose marks are all too young to forget
+    /// ([`MarkTable::forget_through`]).
+    oldest: i64,
+}
+
+impl Default for MarkTable {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            len: 0,
+            epoch: 0,
+            far_until: None,
+            oldest: i64::MIN,
+        }
+    }
 }
 
 /// The customer of an empty slot: no slab holds 2^32 customers.
@@ -305,9 +329,11 @@ impl MarkTable {
     /// The customer's marks, a new one (all times never) if it has none,
     /// and the slot they are in until the table next grows or the
     /// clean-up places them again; ready to take times up to `latest` at
-    /// `now` (the engine's, which never goes back).
+    /// `now` (the engine's, which never goes back). The caller raises a
+    /// new entry to `latest` before anything else reads the table.
     pub fn entry(&mut self, customer: CustIx, latest: i64, now: i64) -> (u32, MarkMut<'_>) {
         self.fit(latest, now);
+        self.oldest = self.oldest.min(latest);
         let epoch = self.epoch;
         let i = self.slot(customer);
         let slot = u32::try_from(i).expect("fewer than 2^32 slots");
@@ -367,6 +393,16 @@ impl MarkTable {
             .map(|m| (m.customer, m.times(self.epoch)))
     }
 
+    /// Forgets the marks no conversation holds whose latest time is
+    /// `horizon` or before; reads no entry when [`MarkTable::oldest`]
+    /// says none is that old.
+    pub fn forget_through(&mut self, horizon: i64) {
+        if self.oldest > horizon {
+            return;
+        }
+        self.retain(|m| m.held_by != NO_CONVERSATION || m.latest() > horizon);
+    }
+
     /// Keeps the marks `keep` returns true for: when any go, the kept
     /// are placed again in the same slots, so no probe runs past a hole.
     pub fn retain(&mut self, mut keep: impl FnMut(&MarkTimes) -> bool) {
@@ -377,6 +413,7 @@ impl MarkTable {
             .filter(|m| m.is_held() && keep(&m.times(epoch)))
             .copied()
             .collect();
+        self.oldest = kept.iter().map(|m| m.times(epoch).latest()).min().unwrap_or(i64::MAX);
         if kept.len() == self.len {
             return;
         }
@@ -467,6 +504,7 @@ impl<'de> Deserialize<'de> for MarkTable {
                     len: 0,
                     epoch,
                     far_until: None,
+                    oldest: i64::MIN,
                 };
                 for (customer, times) in read {
                     let i = table.slot(customer);
@@ -600,6 +638,54 @@ mod tests {
     }
 
     proptest! {
+        /// A table that skips the clean-up's read while [`MarkTable::oldest`]
+        /// says nothing is old enough forgets exactly what one that always
+        /// reads forgets: marks made, raised and held in any order, late
+        /// ones (stamped before the last clean-up's horizon) among them.
+        #[test]
+        fn forgetting_through_a_horizon_forgets_what_a_full_read_forgets(
+            ops in prop::collection::vec((0u32..60, -30 * 3_600_000i64..3_600_000, 0u8..8, 0i64..3_600_000), 0..600)
+        ) {
+            let (mut t, mut full) = (MarkTable::default(), MarkTable::default());
+            let mut now = T;
+            for (cu, dt, op, step) in ops {
+                now += step;
+                let ts = now + dt;
+                match op {
+                    0 | 1 => {
+                        let horizon = now - LOOKBACK;
+                        t.forget_through(horizon);
+                        full.retain(|m| m.held_by != NO_CONVERSATION || m.latest() > horizon);
+                    }
+                    2 => {
+                        for table in [&mut t, &mut full] {
+                            let mut m = table.entry(cu, ts, now).1;
+                            m.raise(MarkTime::Counted, ts);
+                            m.set_held_by(cu);
+                        }
+                    }
+                    3 => {
+                        for table in [&mut t, &mut full] {
+                            if let Some(mut m) = table.get_mut_at(cu, 0, ts, now) {
+                                m.set_held_by(NO_CONVERSATION);
+                            }
+                        }
+                    }
+                    _ => {
+                        for table in [&mut t, &mut full] {
+                            table.entry(cu, ts, now).1.raise(MarkTime::Replied, ts);
+                        }
+                    }
+                }
+                let read = |table: &MarkTable| {
+                    let mut all: Vec<_> = table.iter().collect();
+                    all.sort_by_key(|&(cu, _)| cu);
+                    all
+                };
+                prop_assert_eq!(read(&t), read(&full));
+            }
+        }
+
         /// Inserts, updates, lookups by (possibly stale) slot and
         /// clean-ups against a `HashMap`, under a clock that moves on
         /// (now and then by months) and times up to three days either

@@ -724,6 +724,11 @@ impl Rules<'_> {
     }
 }
 
+/// What [`Shop::customers_oldest`] starts from: not known.
+fn unknown_oldest() -> i64 {
+    i64::MIN
+}
+
 /// One shop: its conversations and customers (ids interned to slab
 /// indices on the way in), and the partials of the agents serving it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -735,6 +740,13 @@ struct Shop {
     conversations: Slab<Flat<Conversation>>,
     customer_ix: IdIndex,
     customers: Slab<Chunks<Customer>>,
+    /// No later than any customer's `last_ts` (`i64::MIN` while not
+    /// known: a shop just restored). A customer's `last_ts` only rises, so
+    /// this is lowered as customers come and set by each clean-up that
+    /// reads them; the clean-up reads none while all are too recent to
+    /// forget. Not stored.
+    #[serde(skip, default = "unknown_oldest")]
+    customers_oldest: i64,
     partials: Map<AgentIx, Partial>,
     queue: Waits,
     /// Shop-level marks: silent orders.
@@ -750,6 +762,7 @@ impl Shop {
             conversations: Slab::default(),
             customer_ix: IdIndex::default(),
             customers: Slab::default(),
+            customers_oldest: unknown_oldest(),
             partials: Map::default(),
             queue: Waits::default(),
             samples: Samples::default(),
@@ -802,6 +815,7 @@ impl Shop {
                     open: 0,
                     agent_messages: RecentMessages::default(),
                 });
+                self.customers_oldest = self.customers_oldest.min(ts);
                 self.customer_ix.insert(key, ix);
                 ix
             }
@@ -2162,22 +2176,27 @@ impl Engine {
             }
             let shop = &mut self.shops[s as usize];
             for p in shop.partials.values_mut() {
-                p.marks.retain(|m| {
-                    m.held_by != NO_CONVERSATION || m.counted.max(m.replied).max(m.paid) > now - MARK_RETENTION_MS
-                });
+                p.marks.forget_through(now - MARK_RETENTION_MS);
                 p.samples.prune(now);
             }
             // Every mark's time is at most its customer's `last_ts`, so no
             // mark left above names a customer dropped here.
-            let gone: Vec<CustIx> = shop
-                .customers
-                .iter()
-                .filter(|(_, c)| !c.flagged && c.open == 0 && c.last_ts <= now - MARK_RETENTION_MS)
-                .map(|(cu, _)| cu)
-                .collect();
-            for cu in gone {
-                let c = shop.customers.remove(cu).expect("listed above");
-                shop.customer_ix.remove(id_key(c.id.as_str()));
+            let horizon = now - MARK_RETENTION_MS;
+            if shop.customers_oldest <= horizon {
+                let mut gone = Vec::new();
+                let mut oldest = i64::MAX;
+                for (cu, c) in shop.customers.iter() {
+                    if !c.flagged && c.open == 0 && c.last_ts <= horizon {
+                        gone.push(cu);
+                    } else {
+                        oldest = oldest.min(c.last_ts);
+                    }
+                }
+                shop.customers_oldest = oldest;
+                for cu in gone {
+                    let c = shop.customers.remove(cu).expect("listed above");
+                    shop.customer_ix.remove(id_key(c.id.as_str()));
+                }
             }
             shop.samples.prune(now);
         }

@@ -1107,6 +1107,28 @@ fn a_forgotten_customers_slot_is_reused_without_inheriting_marks() {
 }
 
 #[test]
+fn a_customer_stamped_before_the_last_clean_up_is_still_forgotten_when_due() {
+    const H: i64 = 3_600_000;
+    let mut d = Desk::new();
+    d.customer(T0, "k1", "u-old", Some("a1"));
+    d.close(T0 + S, "k1");
+    // 30 hours on, the pass forgets u-old; u-new is all the shop holds.
+    d.customer(T0 + 30 * H, "k2", "u-new", Some("a1"));
+    d.close(T0 + 30 * H + S, "k2");
+    assert_eq!(d.engine.census().customers, 1);
+    // A late event, stamped 25 hours before the clock: a customer older
+    // than every one the last pass kept, with a mark for a1.
+    d.customer(T0 + 5 * H, "k3", "u-late", Some("a1"));
+    d.close(T0 + 5 * H + S, "k3");
+    assert_eq!(d.engine.census().customers, 2);
+    // The next hour's pass forgets it and its mark, 26 hours after its
+    // last event, however recent the customers the pass before kept.
+    d.customer(T0 + 31 * H + 2 * S, "k4", "u-next", Some("a2"));
+    assert_eq!(d.engine.census().customers, 2, "u-new and u-next are left");
+    d.engine.assert_consistent();
+}
+
+#[test]
 fn a_flag_drops_the_waits_of_every_conversation_of_the_customer() {
     let mut d = Desk::new();
     d.customer(T0, "k1", "spam", Some("a1"));
