@@ -1481,10 +1481,22 @@ impl Engine {
         let Some(s) = a.shop else { return };
         let shop = &self.shops[s as usize];
         let Some(conversation) = a.found.and_then(|c| shop.conversations.get(c)) else {
-            if a.conversation.is_some()
-                && let Some(cu) = a.customer().and_then(|key| shop.customer_ix.get(key))
-            {
+            if a.conversation.is_none() {
+                return;
+            }
+            let customer = a.customer().and_then(|key| shop.customer_ix.get(key));
+            if let Some(cu) = customer {
                 shop.customers.prefetch(cu);
+            }
+            // A conversation the event opens, with the agent it names: that
+            // agent's partial, and the line of its mark table the
+            // customer's first mark is looked up from (a new customer
+            // takes the slab's next index, unless another comes first).
+            let agent = a.agent.and_then(|key| self.agent_ix.get(&whole(key)));
+            if let Some(p) = agent.and_then(|agent| shop.partials.get(agent)) {
+                p.prefetch();
+                p.marks
+                    .prefetch(customer.unwrap_or_else(|| shop.customers.next_index()));
             }
             return;
         };

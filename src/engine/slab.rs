@@ -171,6 +171,12 @@ impl<S: Slots> Slab<S> {
         }
     }
 
+    /// The index the next [`Slab::insert`] returns.
+    pub fn next_index(&self) -> u32 {
+        let slots = self.len + self.free.len();
+        self.free.last().copied().unwrap_or(slots as u32)
+    }
+
     /// Takes the value at `ix` out; its slot will be reused.
     pub fn remove(&mut self, ix: u32) -> Option<S::Value> {
         let v = self.slots.slot_mut(ix as usize)?.take()?;
@@ -268,6 +274,25 @@ mod tests {
             assert_eq!(s.remove(ix), Some(u64::from(ix)));
         }
         s
+    }
+
+    #[test]
+    fn next_index_is_the_index_the_next_insert_returns() {
+        let mut s = Slab::<Chunks<u64>>::default();
+        for v in 0..3 * LEN as u64 {
+            let next = s.next_index();
+            assert_eq!(s.insert(v), next);
+            if v % 3 == 0 {
+                s.remove((v / 2) as u32);
+            }
+        }
+        while s.len() > 0 {
+            let ix = s.iter().next().expect("live").0;
+            s.remove(ix);
+            let next = s.next_index();
+            assert_eq!(s.insert(7), next);
+            s.remove(next);
+        }
     }
 
     #[test]
