@@ -406,10 +406,10 @@ impl MarkTable {
     /// Keeps the marks `keep` returns true for, in one pass over the
     /// slots: each that goes is taken out where it is
     /// ([`MarkTable::remove_at`]), so the pass reads the table once and
-    /// moves only entries behind one that went. Rebuilding the table
-    /// whole when any went, as before, made the clean-up from a desk's
-    /// second day on a sixth of its time (BENCHMARKS.md, *Marks forgotten
-    /// where they are*).
+    /// moves only entries behind one that went. It used to rebuild the
+    /// table whole whenever any went: from a desk's second day on, the
+    /// clean-up then took a sixth of its time, the rebuilds some two
+    /// fifths of that (BENCHMARKS.md, *Marks forgotten where they are*).
     pub fn retain(&mut self, mut keep: impl FnMut(&MarkTimes) -> bool) {
         let epoch = self.epoch;
         let mut oldest = i64::MAX;

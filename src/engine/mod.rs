@@ -2174,6 +2174,8 @@ impl Engine {
 
     fn maintain_shop(&mut self, s: ShopIx) {
         let now = self.now;
+        // Marks and customers last seen at or before this are forgotten.
+        let horizon = now - MARK_RETENTION_MS;
         {
             let shop = &mut self.shops[s as usize];
             let mut idle: Vec<ConversationId> = shop
@@ -2188,12 +2190,11 @@ impl Engine {
             }
             let shop = &mut self.shops[s as usize];
             for p in shop.partials.values_mut() {
-                p.marks.forget_through(now - MARK_RETENTION_MS);
+                p.marks.forget_through(horizon);
                 p.samples.prune(now);
             }
             // Every mark's time is at most its customer's `last_ts`, so no
             // mark left above names a customer dropped here.
-            let horizon = now - MARK_RETENTION_MS;
             if shop.customers_oldest <= horizon {
                 let mut gone = Vec::new();
                 let mut oldest = i64::MAX;
