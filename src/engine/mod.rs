@@ -347,12 +347,37 @@ struct RecentMessages {
     base: i64,
     len: u8,
     next: u8,
-    /// Messages pushed out of the ring, in the order they were pushed.
-    #[expect(
-        clippy::box_collection,
-        reason = "one pointer per customer, not a Vec's three: most never allocate it"
-    )]
-    older: Option<Box<Vec<(AgentIx, i64)>>>,
+    /// Messages pushed out of the ring, boxed: one pointer per customer,
+    /// and most never allocate it.
+    older: Option<Box<Older>>,
+}
+
+/// The messages of a [`RecentMessages`] pushed out of its ring.
+#[derive(Debug, Clone)]
+struct Older {
+    /// In the order they were pushed (not always in time order: events
+    /// come late).
+    messages: Vec<(AgentIx, i64)>,
+    /// No later than any message's time (`i64::MAX` when there are none),
+    /// so that a push reads the list to drop the too old only when one
+    /// may be: a long chat made every push read all of it.
+    oldest: i64,
+}
+
+impl Default for Older {
+    fn default() -> Self {
+        Self {
+            messages: Vec::new(),
+            oldest: i64::MAX,
+        }
+    }
+}
+
+impl From<Vec<(AgentIx, i64)>> for Older {
+    fn from(messages: Vec<(AgentIx, i64)>) -> Self {
+        let oldest = messages.iter().map(|&(_, t)| t).min().unwrap_or(i64::MAX);
+        Self { messages, oldest }
+    }
 }
 
 /// The offset of a ring message that is forgotten: it is skipped, as if gone.
@@ -419,9 +444,15 @@ impl RecentMessages {
     /// Keeps `(agent, at)`, pushed out of the ring by a message at `now`,
     /// and drops what is too old or too many.
     fn push_older(&mut self, agent: AgentIx, at: i64, now: i64) {
-        let older = self.older.get_or_insert_default();
+        let Older {
+            messages: older,
+            oldest,
+        } = &mut **self.older.get_or_insert_default();
         let horizon = now.saturating_sub(OLDER_MESSAGES_MS);
-        older.retain(|&(_, t)| t >= horizon);
+        if *oldest < horizon {
+            older.retain(|&(_, t)| t >= horizon);
+            *oldest = older.iter().map(|&(_, t)| t).min().unwrap_or(i64::MAX);
+        }
         if at >= horizon {
             if older.len() >= OLDER_AGENT_MESSAGES {
                 // A message between two of the same agent's, on both sides
@@ -433,6 +464,7 @@ impl RecentMessages {
                 older.remove(middle.unwrap_or(0));
             }
             older.push((agent, at));
+            *oldest = (*oldest).min(at);
         }
         if older.is_empty() {
             self.older = None;
@@ -443,7 +475,7 @@ impl RecentMessages {
     fn iter(&self) -> impl Iterator<Item = (AgentIx, i64)> + '_ {
         let n = RECENT_AGENT_MESSAGES;
         let start = (usize::from(self.next) + n - usize::from(self.len)) % n;
-        let older = self.older.as_deref().map_or(&[][..], Vec::as_slice);
+        let older = self.older.as_deref().map_or(&[][..], |o| o.messages.as_slice());
         older
             .iter()
             .copied()
@@ -483,7 +515,7 @@ impl serde::Serialize for RecentMessages {
         s.serialize_field("ts", &ts)?;
         s.serialize_field("len", &self.len)?;
         s.serialize_field("next", &self.next)?;
-        s.serialize_field("older", &self.older)?;
+        s.serialize_field("older", &self.older.as_ref().map(|o| &o.messages))?;
         s.end()
     }
 }
@@ -503,7 +535,7 @@ impl<'de> serde::Deserialize<'de> for RecentMessages {
             base,
             len: len as u8,
             next: l.next % RECENT_AGENT_MESSAGES as u8,
-            older: l.older,
+            older: l.older.map(|m| Box::new(Older::from(*m))),
         })
     }
 }

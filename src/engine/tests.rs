@@ -482,6 +482,29 @@ fn order_stamped_inside_a_streak_goes_to_the_streak_after_another_agents_late_me
     assert_eq!(d.today("a2").orders, 1);
 }
 
+proptest::proptest! {
+    /// A push reads the older messages to drop those past the horizon
+    /// only when their kept lower bound says one may be; it keeps exactly
+    /// what reading them on every push keeps, late messages (stamped
+    /// before others held) among the pushes.
+    #[test]
+    fn older_messages_skip_their_read_only_when_none_is_too_old(
+        pushes in proptest::collection::vec((0u32..3, -60 * 3_600_000i64..0, 0i64..4 * 3_600_000), 0..400)
+    ) {
+        let (mut m, mut always) = (RecentMessages::default(), RecentMessages::default());
+        let mut now = T0;
+        for (agent, dt, step) in pushes {
+            now += step;
+            m.push(agent, now + dt);
+            always.push(agent, now + dt);
+            if let Some(older) = always.older.as_mut() {
+                older.oldest = i64::MIN;
+            }
+            proptest::prop_assert_eq!(m.iter().collect::<Vec<_>>(), always.iter().collect::<Vec<_>>());
+        }
+    }
+}
+
 #[test]
 fn agent_messages_beyond_the_inline_ones_are_bounded_by_age_and_count() {
     use super::{OLDER_AGENT_MESSAGES, OLDER_MESSAGES_MS, RECENT_AGENT_MESSAGES, RecentMessages};
