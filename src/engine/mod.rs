@@ -373,10 +373,19 @@ impl Default for Older {
     }
 }
 
+impl Older {
+    /// The earliest time of `messages` (`i64::MAX` for none).
+    fn earliest(messages: &[(AgentIx, i64)]) -> i64 {
+        messages.iter().map(|&(_, t)| t).min().unwrap_or(i64::MAX)
+    }
+}
+
 impl From<Vec<(AgentIx, i64)>> for Older {
     fn from(messages: Vec<(AgentIx, i64)>) -> Self {
-        let oldest = messages.iter().map(|&(_, t)| t).min().unwrap_or(i64::MAX);
-        Self { messages, oldest }
+        Self {
+            oldest: Self::earliest(&messages),
+            messages,
+        }
     }
 }
 
@@ -451,7 +460,7 @@ impl RecentMessages {
         let horizon = now.saturating_sub(OLDER_MESSAGES_MS);
         if *oldest < horizon {
             older.retain(|&(_, t)| t >= horizon);
-            *oldest = older.iter().map(|&(_, t)| t).min().unwrap_or(i64::MAX);
+            *oldest = Older::earliest(older);
         }
         if at >= horizon {
             if older.len() >= OLDER_AGENT_MESSAGES {
@@ -495,8 +504,7 @@ struct RecentMessagesLayout {
     ts: [i64; RECENT_AGENT_MESSAGES],
     len: u8,
     next: u8,
-    #[expect(clippy::box_collection, reason = "the type `RecentMessages` holds")]
-    older: Option<Box<Vec<(AgentIx, i64)>>>,
+    older: Option<Vec<(AgentIx, i64)>>,
 }
 
 impl serde::Serialize for RecentMessages {
@@ -535,7 +543,7 @@ impl<'de> serde::Deserialize<'de> for RecentMessages {
             base,
             len: len as u8,
             next: l.next % RECENT_AGENT_MESSAGES as u8,
-            older: l.older.map(|m| Box::new(Older::from(*m))),
+            older: l.older.map(|m| Box::new(Older::from(m))),
         })
     }
 }
@@ -879,6 +887,29 @@ impl Shop {
         m.raise_counted(counted);
         m.raise_replied(replied);
         m.set_held_by(NO_CONVERSATION);
+    }
+
+    /// Forgets the customers last seen at `horizon` or before, neither
+    /// flagged nor in an open conversation; reads none while
+    /// `customers_oldest` says none is that old.
+    fn forget_customers_through(&mut self, horizon: i64) {
+        if self.customers_oldest > horizon {
+            return;
+        }
+        let mut gone = Vec::new();
+        let mut oldest = i64::MAX;
+        for (cu, c) in self.customers.iter() {
+            if !c.flagged && c.open == 0 && c.last_ts <= horizon {
+                gone.push(cu);
+            } else {
+                oldest = oldest.min(c.last_ts);
+            }
+        }
+        self.customers_oldest = oldest;
+        for cu in gone {
+            let c = self.customers.remove(cu).expect("listed above");
+            self.customer_ix.remove(id_key(c.id.as_str()));
+        }
     }
 
     fn touch_customer(&mut self, ix: CustIx, ts: i64) {
@@ -2227,22 +2258,7 @@ impl Engine {
             }
             // Every mark's time is at most its customer's `last_ts`, so no
             // mark left above names a customer dropped here.
-            if shop.customers_oldest <= horizon {
-                let mut gone = Vec::new();
-                let mut oldest = i64::MAX;
-                for (cu, c) in shop.customers.iter() {
-                    if !c.flagged && c.open == 0 && c.last_ts <= horizon {
-                        gone.push(cu);
-                    } else {
-                        oldest = oldest.min(c.last_ts);
-                    }
-                }
-                shop.customers_oldest = oldest;
-                for cu in gone {
-                    let c = shop.customers.remove(cu).expect("listed above");
-                    shop.customer_ix.remove(id_key(c.id.as_str()));
-                }
-            }
+            shop.forget_customers_through(horizon);
             shop.samples.prune(now);
         }
     }
