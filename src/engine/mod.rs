@@ -1203,9 +1203,15 @@ impl Ahead {
     /// another agent.
     fn may_release(&self, conversation: &Conversation, agent_key: [u64; 2]) -> bool {
         match self.customer {
-            None => self.conversation.is_some(),
+            None => self.closes(),
             Some(customer) => customer != conversation.customer_key || self.agent.is_some_and(|k| k != agent_key),
         }
+    }
+
+    /// Whether the event is a close: the only one naming a conversation
+    /// but no customer.
+    fn closes(&self) -> bool {
+        self.conversation.is_some() && self.customer.is_none()
     }
 
     /// The conversation and customer keys of a chat or assign event.
@@ -1564,6 +1570,11 @@ impl Engine {
             return;
         };
         shop.customers.prefetch(conversation.customer);
+        if a.closes() {
+            // A close drops the conversation's id, written last when the
+            // conversation opened, most often long ago.
+            conversation.id.prefetch_counts();
+        }
         if let Some(agent) = conversation.agent {
             // Where `agent_in` compares the event's agent with it.
             mem_prefetch::prefetch_read_data::<_, 3>(&self.agents[agent as usize]);
