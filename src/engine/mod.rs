@@ -8,6 +8,7 @@ pub mod day;
 mod deadlines;
 pub mod dedup;
 pub mod desk;
+mod hist;
 mod index;
 mod marks;
 mod seen;
@@ -1478,8 +1479,8 @@ impl Engine {
             if let Some(a) = at(PARTIAL_AHEAD).and_then(|i| ahead.get(i)) {
                 self.fetch_partial(a);
             }
-            if let Some(a) = at(MARKS_AHEAD).and_then(|i| ahead.get(i)) {
-                self.fetch_marks(a);
+            if let Some(i) = at(MARKS_AHEAD).filter(|&i| i < n) {
+                self.fetch_marks(&events[i], &ahead[i]);
             }
             let Some(i) = at(0) else {
                 continue;
@@ -1594,7 +1595,12 @@ impl Engine {
     /// line of the table; asking for one anyway fetched a random line of
     /// it for nearly every event (the rate read the same without them:
     /// BENCHMARKS.md, *Mark lines asked for only when read*).
-    fn fetch_marks(&self, a: &Ahead) {
+    ///
+    /// And the count of the agent's histogram a reply's response time
+    /// lands on: the partial's line naming the histogram came in at the
+    /// stage before, while the count's own is one of the tens of lines an
+    /// agent's replies spread over, seldom still in cache on a big desk.
+    fn fetch_marks(&self, event: &Event, a: &Ahead) {
         let Some(s) = a.shop else { return };
         let shop = &self.shops[s as usize];
         let Some(conversation) = a.found.and_then(|c| shop.conversations.get(c)) else {
@@ -1602,10 +1608,17 @@ impl Engine {
         };
         let Some(agent) = conversation.agent else { return };
         let Some(p) = shop.partials.get(&agent) else { return };
+        let agent_key = self.agents[agent as usize].key;
         if !conversation.holds_mark {
             p.marks.prefetch(conversation.customer);
-        } else if a.may_release(conversation, self.agents[agent as usize].key) {
+        } else if a.may_release(conversation, agent_key) {
             p.marks.prefetch_slot(conversation.mark_slot);
+        }
+        if let EventKind::AgentMessage { auto: false, .. } = event.kind
+            && let Some(start) = conversation.wait_start
+            && a.agent == Some(agent_key)
+        {
+            p.samples.prefetch_response((event.ts - start).max(0) as u64);
         }
     }
 

@@ -5,10 +5,10 @@
 
 use std::collections::VecDeque;
 
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::day::Day;
+use super::hist::Hist;
 
 /// Response times at or above this are recorded at this value (30 days:
 /// a weekend or a holiday without an answer is still measured exactly).
@@ -107,16 +107,18 @@ impl Range {
     }
 }
 
-/// A distribution of response times: exact while small, an HdrHistogram
+/// A distribution of response times: exact while small, a [`Hist`]
 /// (64 ms .. 30 days, 2 significant figures, u32 counts) once large.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(into = "DistData", from = "DistData")]
 pub struct Dist {
     raw: Vec<u32>,
-    hist: Option<Box<Histogram<u32>>>,
+    hist: Option<Hist>,
 }
 
-/// A [`Dist`] on disk: raw samples and the histogram's non-zero counts.
+/// A [`Dist`] on disk: raw samples and the histogram's non-zero counts,
+/// each at the highest value of its bucket (as HdrHistogram's
+/// `iter_recorded` named them when it kept them).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DistData {
     raw: Vec<u32>,
@@ -126,11 +128,7 @@ struct DistData {
 impl From<Dist> for DistData {
     fn from(d: Dist) -> Self {
         Self {
-            counts: d.hist.map(|h| {
-                h.iter_recorded()
-                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                    .collect()
-            }),
+            counts: d.hist.map(|h| h.recorded().collect()),
             raw: d.raw,
         }
     }
@@ -139,9 +137,9 @@ impl From<Dist> for DistData {
 impl From<DistData> for Dist {
     fn from(d: DistData) -> Self {
         let hist = d.counts.map(|counts| {
-            let mut h = new_hist();
+            let mut h = Hist::default();
             for (v, c) in counts {
-                h.saturating_record_n(v, c);
+                h.record_n(v, c);
             }
             h
         });
@@ -149,19 +147,12 @@ impl From<DistData> for Dist {
     }
 }
 
-fn new_hist() -> Box<Histogram<u32>> {
-    Box::new(
-        Histogram::new_with_bounds(HIST_UNIT_MS, MAX_TRACKED_MS, 2)
-            .expect("static bounds 64 ms..30 days with 2 significant figures are valid"),
-    )
-}
-
 impl Dist {
     /// Records one sample in ms (saturating at 30 days).
     pub fn record(&mut self, ms: u64) {
         let ms = ms.min(MAX_TRACKED_MS);
         match &mut self.hist {
-            Some(h) => h.saturating_record(ms),
+            Some(h) => h.record(ms),
             None => {
                 self.raw.push(ms as u32);
                 if self.raw.len() > RAW_LIMIT {
@@ -171,10 +162,18 @@ impl Dist {
         }
     }
 
+    /// Asks the cache for the line a sample of `ms` will be recorded on,
+    /// once the samples are a histogram. A hint only.
+    pub fn prefetch(&self, ms: u64) {
+        if let Some(h) = &self.hist {
+            h.prefetch(ms);
+        }
+    }
+
     fn spill(&mut self) {
-        let h = self.hist.get_or_insert_with(new_hist);
+        let h = self.hist.get_or_insert_with(Hist::default);
         for v in self.raw.drain(..) {
-            h.saturating_record(u64::from(v));
+            h.record(u64::from(v));
         }
         self.raw = Vec::new();
     }
@@ -182,11 +181,10 @@ impl Dist {
     /// Adds every sample of `other`.
     pub fn merge(&mut self, other: &Dist) {
         if let Some(oh) = &other.hist {
-            if self.hist.is_none() {
+            self.hist.get_or_insert_with(Hist::default).add(oh);
+            if !self.raw.is_empty() {
                 self.spill();
             }
-            let h = self.hist.as_mut().expect("spilled above");
-            h.add(&**oh).expect("all histograms share the same bounds");
         }
         for &v in &other.raw {
             self.record(u64::from(v));
@@ -195,7 +193,7 @@ impl Dist {
 
     /// Number of samples.
     pub fn len(&self) -> u64 {
-        self.raw.len() as u64 + self.hist.as_ref().map_or(0, |h| h.len())
+        self.raw.len() as u64 + self.hist.as_ref().map_or(0, Hist::len)
     }
 
     /// True when no sample is held.
@@ -218,17 +216,13 @@ impl Dist {
                     Some(u64::from(sorted[rank - 1]))
                 })
             }
-            Some(h) => qs.map(|q| Some(h.median_equivalent(h.value_at_quantile(q)))),
+            Some(h) => qs.map(|q| h.quantile(q)),
         }
     }
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.raw.capacity() * 4
-            + self
-                .hist
-                .as_ref()
-                .map_or(0, |h| std::mem::size_of::<Histogram<u32>>() + h.distinct_values() * 4)
+        self.raw.capacity() * 4 + self.hist.as_ref().map_or(0, |_| super::hist::LEN * 4)
     }
 
     /// The samples as counts per bucket `[from_ms, to_ms)` of the given edges.
@@ -245,8 +239,8 @@ impl Dist {
             put(u64::from(v), 1);
         }
         if let Some(h) = &self.hist {
-            for it in h.iter_recorded() {
-                put(h.median_equivalent(it.value_iterated_to()), it.count_at_value().into());
+            for (middle, n) in h.middles() {
+                put(middle, n.into());
             }
         }
         counts
@@ -490,6 +484,13 @@ impl Samples {
         fetch::<_, 3>(&self.alert_window);
         fetch::<_, 3>(&self.alert_window_sum);
         fetch::<_, 3>(&self.alert_window_slow);
+    }
+
+    /// Asks the cache for the line of today's distribution a response of
+    /// `ms` will be counted on: the newer day slot's, as the older one
+    /// takes only late events. A hint only.
+    pub fn prefetch_response(&self, ms: u64) {
+        self.days[1].dist.prefetch(ms);
     }
 
     /// Records `mark`, which falls on `day`; `now` prunes the rolling part.
