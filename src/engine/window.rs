@@ -469,17 +469,17 @@ pub struct Samples {
 
 impl Samples {
     /// Asks the cache for every line a mark recorded here may touch: the
-    /// day slots (their starts, tallies and distributions), the hour's
-    /// queue and the alert window. A hint only, for the look-ahead of
-    /// `Engine::apply_batch`.
+    /// newer day slot (its start, tally and distribution), the hour's
+    /// queue and the alert window. The older slot is read only for a
+    /// mark of a day past or when a new day begins, so it is left alone.
+    /// A hint only, for the look-ahead of `Engine::apply_batch`.
     pub fn prefetch(&self) {
         use mem_prefetch::prefetch_read_data as fetch;
-        for slot in &self.days {
-            fetch::<_, 3>(&slot.day_start);
-            fetch::<_, 3>(&slot.tally.responses);
-            fetch::<_, 3>(&slot.tally.silent_sales_fen);
-            fetch::<_, 3>(&slot.dist);
-        }
+        let today = &self.days[1];
+        fetch::<_, 3>(&today.day_start);
+        fetch::<_, 3>(&today.tally.responses);
+        fetch::<_, 3>(&today.tally.silent_sales_fen);
+        fetch::<_, 3>(&today.dist);
         fetch::<_, 3>(&self.recent);
         fetch::<_, 3>(&self.alert_window);
         fetch::<_, 3>(&self.alert_window_sum);
