@@ -19,7 +19,7 @@ const SUB_BUCKET_MAGNITUDE: u32 = 8;
 /// Bucket 0 uses all its sub-buckets; every later one only its upper half.
 const HALF_MAGNITUDE: u32 = SUB_BUCKET_MAGNITUDE - 1;
 const HALF: usize = 1 << HALF_MAGNITUDE;
-/// Values below `SUB_BUCKETS` units all fall in bucket 0.
+/// The bits of bucket 0's values: any value below 256 units is in it.
 const SUB_BUCKET_MASK: u64 = ((1 << SUB_BUCKET_MAGNITUDE) - 1) << UNIT_MAGNITUDE;
 /// 64 less the bits of bucket 0's largest value.
 const LEADING_ZERO_BASE: u32 = 64 - UNIT_MAGNITUDE - SUB_BUCKET_MAGNITUDE;
@@ -55,10 +55,7 @@ impl Default for Hist {
 impl Hist {
     /// Records `n` samples of `ms` (above [`MAX_TRACKED_MS`], at it).
     pub fn record_n(&mut self, ms: u64, n: u32) {
-        let count = &mut self.counts[index_of(ms)];
-        let added = n.min(u32::MAX - *count);
-        *count += added;
-        self.total += u64::from(added);
+        self.add_at(index_of(ms), n);
     }
 
     /// Records one sample of `ms`.
@@ -74,14 +71,17 @@ impl Hist {
 
     /// Adds every sample of `other`.
     pub fn add(&mut self, other: &Hist) {
-        for (i, &n) in other.counts.iter().enumerate() {
-            if n != 0 {
-                let count = &mut self.counts[i];
-                let added = n.min(u32::MAX - *count);
-                *count += added;
-                self.total += u64::from(added);
-            }
+        for (i, n) in other.held() {
+            self.add_at(i, n);
         }
+    }
+
+    /// Adds `n` to the count at `index`, as far as it goes.
+    fn add_at(&mut self, index: usize, n: u32) {
+        let count = &mut self.counts[index];
+        let added = n.min(u32::MAX - *count);
+        *count += added;
+        self.total += u64::from(added);
     }
 
     /// Samples held.
@@ -122,8 +122,7 @@ impl Hist {
         self.counts
             .iter()
             .enumerate()
-            .filter(|&(_, &n)| n != 0)
-            .map(|(i, &n)| (i, n))
+            .filter_map(|(i, &n)| (n != 0).then_some((i, n)))
     }
 }
 
