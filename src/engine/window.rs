@@ -991,4 +991,20 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.len(), 610);
     }
+
+    #[test]
+    fn a_distribution_past_its_raw_samples_reads_the_same_after_a_snapshot() {
+        let mut d = Dist::default();
+        for k in 0..3_000u64 {
+            d.record((k * 7_919) % 400_000);
+        }
+        assert!(d.hist.is_some(), "spilled into a histogram");
+        let back: Dist = postcard::from_bytes(&postcard::to_stdvec(&d).unwrap()).unwrap();
+        assert_eq!(back.hist, d.hist);
+        assert_eq!(back.len(), 3_000);
+        let qs = [0.0, 0.5, 0.9, 0.99, 1.0];
+        assert_eq!(back.quantiles(qs), d.quantiles(qs));
+        let edges = [0, 1_000, 30_000, 60_000, 100_000, u64::MAX];
+        assert_eq!(back.buckets(&edges), d.buckets(&edges));
+    }
 }
