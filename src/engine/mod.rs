@@ -34,7 +34,7 @@ use index::{IdIndex, halves, whole};
 use marks::{MarkTable, NO_CONVERSATION};
 use seen::Seen;
 use slab::{Chunks, Flat, Slab};
-use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
+use window::{CustomerCounts, HOUR_MS, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
 
 /// Orders are credited to an agent's message at most this long before, ms.
 pub const ATTRIBUTION_MS: i64 = 24 * 3_600_000;
@@ -765,9 +765,9 @@ impl Rules<'_> {
     }
 }
 
-/// What [`Shop::customers_oldest`] starts from: not known.
-fn unknown_oldest() -> i64 {
-    i64::MIN
+/// Lists customer `cu` under the hour of `ts` in [`Shop::customer_hours`].
+fn list_customer(hours: &mut BTreeMap<i64, Vec<CustIx>>, cu: CustIx, ts: i64) {
+    hours.entry(ts.div_euclid(HOUR_MS)).or_default().push(cu);
 }
 
 /// One shop: its conversations and customers (ids interned to slab
@@ -781,13 +781,14 @@ struct Shop {
     conversations: Slab<Flat<Conversation>>,
     customer_ix: IdIndex,
     customers: Slab<Chunks<Customer>>,
-    /// No later than any customer's `last_ts` (`i64::MIN` while not
-    /// known: a shop just restored). A customer's `last_ts` only rises, so
-    /// this is lowered as customers come and set by each clean-up that
-    /// reads them; the clean-up reads none while all are too recent to
-    /// forget. Not stored.
-    #[serde(skip, default = "unknown_oldest")]
-    customers_oldest: i64,
+    /// Every customer, listed once, under an hour (ms / [`HOUR_MS`]) no
+    /// later than that of its `last_ts` or than the hour of the last
+    /// clean-up's horizon: a customer's `last_ts` only rises, so each
+    /// clean-up reads only the hours at or before its horizon's, and
+    /// finds every customer it is to forget there. Not stored: listed
+    /// again from the customers on restore.
+    #[serde(skip)]
+    customer_hours: BTreeMap<i64, Vec<CustIx>>,
     partials: Map<AgentIx, Partial>,
     queue: Waits,
     /// Shop-level marks: silent orders.
@@ -803,7 +804,7 @@ impl Shop {
             conversations: Slab::default(),
             customer_ix: IdIndex::default(),
             customers: Slab::default(),
-            customers_oldest: unknown_oldest(),
+            customer_hours: BTreeMap::new(),
             partials: Map::default(),
             queue: Waits::default(),
             samples: Samples::default(),
@@ -856,7 +857,7 @@ impl Shop {
                     open: 0,
                     agent_messages: RecentMessages::default(),
                 });
-                self.customers_oldest = self.customers_oldest.min(ts);
+                list_customer(&mut self.customer_hours, ix, ts);
                 self.customer_ix.insert(key, ix);
                 ix
             }
@@ -891,25 +892,33 @@ impl Shop {
     }
 
     /// Forgets the customers last seen at `horizon` or before, neither
-    /// flagged nor in an open conversation; reads none while
-    /// `customers_oldest` says none is that old.
+    /// flagged nor in an open conversation, reading only those listed
+    /// under its hour or before. Each customer read and kept is listed
+    /// again: under the hour of its `last_ts` when seen since, else
+    /// (open or flagged) under the horizon's, so the next clean-up reads
+    /// it again. Forgotten in index order, as a read of the whole slab
+    /// forgot them, so the slab reuses their slots in the same order.
     fn forget_customers_through(&mut self, horizon: i64) {
-        if self.customers_oldest > horizon {
+        let due_hour = horizon.div_euclid(HOUR_MS);
+        if self.customer_hours.first_key_value().is_none_or(|(&h, _)| h > due_hour) {
             return;
         }
-        let mut gone = Vec::new();
-        let mut oldest = i64::MAX;
-        for (cu, c) in self.customers.iter() {
-            if !c.flagged && c.open == 0 && c.last_ts <= horizon {
-                gone.push(cu);
+        let later = self.customer_hours.split_off(&(due_hour + 1));
+        let mut due: Vec<CustIx> = std::mem::replace(&mut self.customer_hours, later)
+            .into_values()
+            .flatten()
+            .collect();
+        due.sort_unstable();
+        for cu in due {
+            let c = &self.customers[cu];
+            if c.last_ts > horizon {
+                list_customer(&mut self.customer_hours, cu, c.last_ts);
+            } else if c.flagged || c.open > 0 {
+                list_customer(&mut self.customer_hours, cu, horizon);
             } else {
-                oldest = oldest.min(c.last_ts);
+                let c = self.customers.remove(cu).expect("listed customers are live");
+                self.customer_ix.remove(id_key(c.id.as_str()));
             }
-        }
-        self.customers_oldest = oldest;
-        for cu in gone {
-            let c = self.customers.remove(cu).expect("listed above");
-            self.customer_ix.remove(id_key(c.id.as_str()));
         }
     }
 
@@ -1364,15 +1373,19 @@ impl Engine {
             for (c, conversation) in shop.conversations.iter() {
                 shop.conversation_ix.insert(key(conversation.id.as_str()), c);
             }
-            shop.customer_ix = IdIndex::default();
-            for (cu, customer) in shop.customers.iter() {
-                shop.customer_ix.insert(key(customer.id.as_str()), cu);
-            }
             let Shop {
                 conversations,
                 customers,
+                customer_ix,
+                customer_hours,
                 ..
             } = shop;
+            *customer_ix = IdIndex::default();
+            *customer_hours = BTreeMap::new();
+            for (cu, customer) in customers.iter() {
+                customer_ix.insert(key(customer.id.as_str()), cu);
+                list_customer(customer_hours, cu, customer.last_ts);
+            }
             for c in conversations.values_mut() {
                 c.customer_key = halves(key(customers[c.customer].id.as_str()));
             }
@@ -2635,6 +2648,10 @@ impl Engine {
                 assert_eq!(c.open, open.get(&cu).copied().unwrap_or(0), "open count of {}", c.id);
                 assert_eq!(shop.customer_ix.get(id_key(c.id.as_str())), Some(cu));
             }
+            let mut listed: Vec<CustIx> = shop.customer_hours.values().flatten().copied().collect();
+            listed.sort_unstable();
+            let live: Vec<CustIx> = shop.customers.iter().map(|(cu, _)| cu).collect();
+            assert_eq!(listed, live, "every live customer listed once by hour");
             for (&a, p) in &shop.partials {
                 for (cu, m) in p.marks.iter() {
                     assert!(shop.customers.get(cu).is_some(), "a mark names a dead customer slot");

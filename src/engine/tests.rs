@@ -1151,6 +1151,73 @@ fn a_customer_stamped_before_the_last_clean_up_is_still_forgotten_when_due() {
     d.engine.assert_consistent();
 }
 
+proptest::proptest! {
+    /// The clean-up reads only the customers listed under its horizon's
+    /// hour or before, and forgets exactly those a read of every customer
+    /// forgets: late events (stamped before the last horizon), customers
+    /// seen again or last seen right at a horizon, kept open or flagged,
+    /// and horizons moving by less or more than an hour.
+    #[test]
+    fn forgetting_customers_by_hour_forgets_what_a_full_read_forgets(
+        ops in proptest::collection::vec(
+            (
+                0u8..5,
+                0u8..12,
+                -45i64..3,
+                // Half hours too, so that some customers are last seen
+                // right at a horizon.
+                proptest::prop_oneof![proptest::strategy::Strategy::prop_map(0i64..4, |k| k * 1_800_000), 0i64..5_400_000],
+            ),
+            0..300,
+        )
+    ) {
+        const H: i64 = 3_600_000;
+        let mut shop = Shop::new("s1".into());
+        // id → (last_ts, open, flagged)
+        let mut model: BTreeMap<String, (i64, u32, bool)> = BTreeMap::new();
+        let (mut now, mut horizon) = (T0, T0 - 40 * H);
+        for (op, who, hours, step) in ops {
+            let id = format!("u{who}");
+            let live = model.contains_key(&id);
+            match op {
+                0 | 1 => {
+                    let ts = now + hours * H;
+                    shop.customer(&id.as_str().into(), ts);
+                    let entry = model.entry(id).or_insert((ts, 0, false));
+                    entry.0 = entry.0.max(ts);
+                }
+                2 if live => {
+                    let cu = shop.customer_ix.get(id_key(&id)).expect("live");
+                    shop.customers[cu].open += 1;
+                    model.get_mut(&id).expect("live").1 += 1;
+                }
+                3 if live && model[&id].1 > 0 => {
+                    let cu = shop.customer_ix.get(id_key(&id)).expect("live");
+                    shop.customers[cu].open -= 1;
+                    model.get_mut(&id).expect("live").1 -= 1;
+                }
+                4 if live && who == 0 => {
+                    let cu = shop.customer_ix.get(id_key(&id)).expect("live");
+                    shop.customers[cu].flagged = true;
+                    model.get_mut(&id).expect("live").2 = true;
+                }
+                _ => {
+                    now += step;
+                    horizon += step;
+                    shop.forget_customers_through(horizon);
+                    model.retain(|_, &mut (last_ts, open, flagged)| flagged || open > 0 || last_ts > horizon);
+                }
+            }
+            let mut held: Vec<String> = shop.customers.iter().map(|(_, c)| c.id.as_str().to_owned()).collect();
+            held.sort();
+            proptest::prop_assert_eq!(held, model.keys().cloned().collect::<Vec<_>>());
+            let mut listed: Vec<CustIx> = shop.customer_hours.values().flatten().copied().collect();
+            listed.sort_unstable();
+            proptest::prop_assert_eq!(listed, shop.customers.iter().map(|(cu, _)| cu).collect::<Vec<_>>());
+        }
+    }
+}
+
 #[test]
 fn a_flag_drops_the_waits_of_every_conversation_of_the_customer() {
     let mut d = Desk::new();
