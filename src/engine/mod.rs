@@ -765,6 +765,13 @@ impl Rules<'_> {
     }
 }
 
+/// The response time of a reply at `ts` to a wait that started at
+/// `start`, ms (a reply stamped before the wait counts as 0): one rule for
+/// the sample and for the look-ahead that fetches where it lands.
+fn response_ms(start: i64, ts: i64) -> u64 {
+    (ts - start).max(0) as u64
+}
+
 /// Lists customer `cu` under the hour of `ts` in [`Shop::customer_hours`].
 fn list_customer(hours: &mut BTreeMap<i64, Vec<CustIx>>, cu: CustIx, ts: i64) {
     hours.entry(ts.div_euclid(HOUR_MS)).or_default().push(cu);
@@ -1631,7 +1638,7 @@ impl Engine {
             && let Some(start) = conversation.wait_start
             && a.agent == Some(agent_key)
         {
-            p.samples.prefetch_response((event.ts - start).max(0) as u64);
+            p.samples.prefetch_response(response_ms(start, event.ts));
         }
     }
 
@@ -2056,7 +2063,7 @@ impl Engine {
             return;
         };
         p.waits.remove(start);
-        let ms = (ts - start).max(0) as u64;
+        let ms = response_ms(start, ts);
         let slow = ms > p.thresholds.norm_ms;
         let mark = Mark::new(ts, MarkKind::Response { first, slow }, ms);
         p.samples.record(mark, day, now);
