@@ -77,6 +77,12 @@ fn encode(ts: i64, epoch: i64) -> u32 {
     }
 }
 
+/// The latest time as held from `epoch` that stands for `ts` or before
+/// ([`decode`] is monotone, so held times compare as the times do).
+fn encoded_through(ts: i64, epoch: i64) -> u32 {
+    (i128::from(ts) - i128::from(epoch) + 1).clamp(0, i128::from(u32::MAX)) as u32
+}
+
 fn decode(v: u32, epoch: i64) -> i64 {
     if v == 0 {
         i64::MIN
@@ -117,6 +123,7 @@ impl MarkTimes {
     }
 
     /// The latest of the three times (`i64::MIN`: all never).
+    #[cfg(test)]
     pub fn latest(&self) -> i64 {
         self.counted.max(self.replied).max(self.paid)
     }
@@ -126,6 +133,11 @@ impl Marks {
     /// Whether this slot holds a customer's marks ([`EMPTY`] does not).
     fn is_held(&self) -> bool {
         self.customer != EMPTY_CUSTOMER
+    }
+
+    /// The latest of the three times, as held.
+    fn latest(&self) -> u32 {
+        self.counted.max(self.replied).max(self.paid)
     }
 
     fn times(&self, epoch: i64) -> MarkTimes {
@@ -208,10 +220,10 @@ pub(super) struct MarkTable {
     /// it: the last look found none. A sender whose clock runs months
     /// ahead thus costs one pass over the table a day, not one an event.
     far_until: Option<i64>,
-    /// No later than the latest time of any entry ([`MarkTimes::latest`]),
+    /// No later than the latest of the three times of any entry,
     /// `i64::MIN` while not known (a table just restored): each entry's
     /// times only rise once it is made, so this is lowered as entries are
-    /// made and set by each [`MarkTable::retain`]. The hourly clean-up
+    /// made and set by each [`MarkTable::retain_held`]. The hourly clean-up
     /// reads no entry of a table whose marks are all too young to forget
     /// ([`MarkTable::forget_through`]).
     oldest: i64,
@@ -395,24 +407,36 @@ impl MarkTable {
 
     /// Forgets the marks no conversation holds whose latest time is
     /// `horizon` or before; reads no entry when [`MarkTable::oldest`]
-    /// says none is that old.
+    /// says none is that old. Compares the entries' times as held, none
+    /// decoded: from a desk's second day on this reads every table each
+    /// hour, and decoding each time was about a quarter of that read's
+    /// samples (BENCHMARKS.md, *The marks' clean-up compares times as
+    /// held*).
     pub fn forget_through(&mut self, horizon: i64) {
         if self.oldest > horizon {
             return;
         }
-        self.retain(|m| m.held_by != NO_CONVERSATION || m.latest() > horizon);
+        let due = encoded_through(horizon, self.epoch);
+        self.retain_held(|m| m.held_by != NO_CONVERSATION || m.latest() > due);
     }
 
-    /// Keeps the marks `keep` returns true for, in one pass over the
+    /// Keeps the marks `keep` returns true for ([`MarkTable::retain_held`]).
+    #[cfg(test)]
+    pub fn retain(&mut self, mut keep: impl FnMut(&MarkTimes) -> bool) {
+        let epoch = self.epoch;
+        self.retain_held(|m| keep(&m.times(epoch)));
+    }
+
+    /// Keeps the entries `keep` returns true for, in one pass over the
     /// slots: each that goes is taken out where it is
     /// ([`MarkTable::remove_at`]), so the pass reads the table once and
     /// moves only entries behind one that went. It used to rebuild the
     /// table whole whenever any went: from a desk's second day on, the
     /// clean-up then took a sixth of its time, the rebuilds some two
     /// fifths of that (BENCHMARKS.md, *Marks forgotten where they are*).
-    pub fn retain(&mut self, mut keep: impl FnMut(&MarkTimes) -> bool) {
-        let epoch = self.epoch;
-        let mut oldest = i64::MAX;
+    fn retain_held(&mut self, mut keep: impl FnMut(&Marks) -> bool) {
+        // The least latest time kept, as held: decoding is monotone.
+        let mut oldest = u32::MAX;
         let mut i = 0;
         while i < self.slots.len() {
             let m = self.slots[i];
@@ -420,9 +444,8 @@ impl MarkTable {
                 i += 1;
                 continue;
             }
-            let times = m.times(epoch);
-            if keep(&times) {
-                oldest = oldest.min(times.latest());
+            if keep(&m) {
+                oldest = oldest.min(m.latest());
                 i += 1;
             } else {
                 // Slot `i` now holds the entry moved back into it, if
@@ -432,7 +455,11 @@ impl MarkTable {
                 self.remove_at(i);
             }
         }
-        self.oldest = oldest;
+        self.oldest = if self.len == 0 {
+            i64::MAX
+        } else {
+            decode(oldest, self.epoch)
+        };
     }
 
     /// Empties slot `i` by moving back each later entry of its run that
@@ -670,6 +697,23 @@ mod tests {
         t.entry(3, T + 200 * DAY, T + 1).1.raise_counted(T + 200 * DAY);
         t.entry(4, T + 5, T + 5).1.raise_counted(T + 5);
         assert_eq!((counted(&t, 3), counted(&t, 4)), (Some(far), Some(T + 5)));
+    }
+
+    #[test]
+    fn the_clean_up_forgets_a_mark_last_touched_at_its_horizon_and_keeps_one_a_ms_later() {
+        let mut t = MarkTable::default();
+        t.entry(1, T, T).1.raise_counted(T);
+        t.entry(2, T + 1, T + 1).1.raise_replied(T + 1);
+        t.entry(3, T + 1, T + 1).1.raise_paid(T + 1);
+        let (_, mut held) = t.entry(4, T, T + 1);
+        held.raise_counted(T);
+        held.set_held_by(7);
+        t.forget_through(T);
+        let mut left: Vec<CustIx> = t.iter().map(|(cu, _)| cu).collect();
+        left.sort_unstable();
+        assert_eq!(left, [2, 3, 4]);
+        t.forget_through(T + 1);
+        assert_eq!(t.iter().map(|(cu, _)| cu).collect::<Vec<_>>(), [4]);
     }
 
     proptest! {
