@@ -77,12 +77,6 @@ fn encode(ts: i64, epoch: i64) -> u32 {
     }
 }
 
-/// The latest time as held from `epoch` that stands for `ts` or before
-/// ([`decode`] is monotone, so held times compare as the times do).
-fn encoded_through(ts: i64, epoch: i64) -> u32 {
-    (i128::from(ts) - i128::from(epoch) + 1).clamp(0, i128::from(u32::MAX)) as u32
-}
-
 fn decode(v: u32, epoch: i64) -> i64 {
     if v == 0 {
         i64::MIN
@@ -123,7 +117,6 @@ impl MarkTimes {
     }
 
     /// The latest of the three times (`i64::MIN`: all never).
-    #[cfg(test)]
     pub fn latest(&self) -> i64 {
         self.counted.max(self.replied).max(self.paid)
     }
@@ -133,11 +126,6 @@ impl Marks {
     /// Whether this slot holds a customer's marks ([`EMPTY`] does not).
     fn is_held(&self) -> bool {
         self.customer != EMPTY_CUSTOMER
-    }
-
-    /// The latest of the three times, as held.
-    fn latest(&self) -> u32 {
-        self.counted.max(self.replied).max(self.paid)
     }
 
     fn times(&self, epoch: i64) -> MarkTimes {
@@ -164,9 +152,17 @@ impl Marks {
 pub(super) struct MarkMut<'t> {
     marks: &'t mut Marks,
     epoch: i64,
+    /// Made by the lookup that returned it.
+    new: bool,
 }
 
 impl MarkMut<'_> {
+    /// Whether the lookup that returned this entry made it: the caller
+    /// lists a new mark for the clean-up ([`MarkTable::forget_if_due`]).
+    pub fn is_new(&self) -> bool {
+        self.new
+    }
+
     /// Moves `counted` to `ts` at least.
     pub fn raise_counted(&mut self, ts: i64) {
         self.marks.counted = self.marks.counted.max(encode(ts, self.epoch));
@@ -207,7 +203,7 @@ impl MarkMut<'_> {
 /// Customer → marks, whose entries can be reached again by slot: linear
 /// probing from the slot the customer's hash picks, at most 8/10 full,
 /// growing fourfold when it would be fuller ([`MarkTable::grow`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct MarkTable {
     /// No slots, or a power of two of them; [`EMPTY`] where none is held.
     slots: Vec<Marks>,
@@ -220,25 +216,6 @@ pub(super) struct MarkTable {
     /// it: the last look found none. A sender whose clock runs months
     /// ahead thus costs one pass over the table a day, not one an event.
     far_until: Option<i64>,
-    /// No later than the latest of the three times of any entry,
-    /// `i64::MIN` while not known (a table just restored): each entry's
-    /// times only rise once it is made, so this is lowered as entries are
-    /// made and set by each [`MarkTable::retain_held`]. The hourly clean-up
-    /// reads no entry of a table whose marks are all too young to forget
-    /// ([`MarkTable::forget_through`]).
-    oldest: i64,
-}
-
-impl Default for MarkTable {
-    fn default() -> Self {
-        Self {
-            slots: Vec::new(),
-            len: 0,
-            epoch: 0,
-            far_until: None,
-            oldest: i64::MIN,
-        }
-    }
 }
 
 /// The customer of an empty slot: no slab holds 2^32 customers.
@@ -345,32 +322,32 @@ impl MarkTable {
     /// new entry to `latest` before anything else reads the table.
     pub fn entry(&mut self, customer: CustIx, latest: i64, now: i64) -> (u32, MarkMut<'_>) {
         self.fit(latest, now);
-        self.oldest = self.oldest.min(latest);
         let epoch = self.epoch;
-        let i = self.slot(customer);
+        let (i, new) = self.slot(customer);
         let slot = u32::try_from(i).expect("fewer than 2^32 slots");
         (
             slot,
             MarkMut {
                 marks: &mut self.slots[i],
                 epoch,
+                new,
             },
         )
     }
 
-    /// The customer's entry, inserted with every time never if it has none.
-    /// A new customer takes the empty slot its lookup ended on, unless the
-    /// table must grow first.
-    fn slot(&mut self, customer: CustIx) -> usize {
+    /// The customer's entry, inserted with every time never if it has
+    /// none, and whether it was. A new customer takes the empty slot its
+    /// lookup ended on, unless the table must grow first.
+    fn slot(&mut self, customer: CustIx) -> (usize, bool) {
         let fits = (self.len + 1) * 10 <= self.slots.len() * 8;
         let free = match self.find_index_or_free(customer) {
-            Some(Ok(i)) => return i,
+            Some(Ok(i)) => return (i, false),
             Some(Err(i)) if fits => Some(i),
             _ => None,
         };
         self.len += 1;
         let m = Marks::new(customer, &MarkTimes::NEVER, self.epoch);
-        match free {
+        let i = match free {
             Some(i) => {
                 self.slots[i] = m;
                 i
@@ -379,7 +356,8 @@ impl MarkTable {
                 self.grow();
                 self.place(m)
             }
-        }
+        };
+        (i, true)
     }
 
     /// The customer's marks, looked for first in `slot`; ready to take
@@ -394,6 +372,7 @@ impl MarkTable {
         at.map(|i| MarkMut {
             marks: &mut self.slots[i],
             epoch,
+            new: false,
         })
     }
 
@@ -405,61 +384,42 @@ impl MarkTable {
             .map(|m| (m.customer, m.times(self.epoch)))
     }
 
-    /// Forgets the marks no conversation holds whose latest time is
-    /// `horizon` or before; reads no entry when [`MarkTable::oldest`]
-    /// says none is that old. Compares the entries' times as held, none
-    /// decoded: from a desk's second day on this reads every table each
-    /// hour, and decoding each time was about a quarter of that read's
-    /// samples (BENCHMARKS.md, *The marks' clean-up compares times as
-    /// held*).
-    pub fn forget_through(&mut self, horizon: i64) {
-        if self.oldest > horizon {
-            return;
+    /// Forgets the customer's mark if no conversation holds it and its
+    /// latest time is `horizon` or before; else returns the time to list
+    /// it under again for the next clean-up (its latest time, or
+    /// `horizon` if it is held and older), as long as it is in the table.
+    /// The hourly clean-up calls this for each mark listed under the
+    /// horizon's hour or before ([`super::hours`]); it used to read every
+    /// entry of every table holding one that old, which from a desk's
+    /// second day on was every table (BENCHMARKS.md, *The marks' clean-up
+    /// compares times as held, then marks listed by the hour …*).
+    pub fn forget_if_due(&mut self, customer: CustIx, horizon: i64) -> Option<i64> {
+        let i = self.find_index(customer)?;
+        let times = self.slots[i].times(self.epoch);
+        let latest = times.latest();
+        if times.held_by == NO_CONVERSATION && latest <= horizon {
+            self.remove_at(i);
+            return None;
         }
-        let due = encoded_through(horizon, self.epoch);
-        self.retain_held(|m| m.held_by != NO_CONVERSATION || m.latest() > due);
+        Some(latest.max(horizon))
     }
 
-    /// Keeps the marks `keep` returns true for ([`MarkTable::retain_held`]).
+    /// Keeps the marks `keep` returns true for, in one pass over the
+    /// slots: each that goes is taken out where it is
+    /// ([`MarkTable::remove_at`]).
     #[cfg(test)]
     pub fn retain(&mut self, mut keep: impl FnMut(&MarkTimes) -> bool) {
-        let epoch = self.epoch;
-        self.retain_held(|m| keep(&m.times(epoch)));
-    }
-
-    /// Keeps the entries `keep` returns true for, in one pass over the
-    /// slots: each that goes is taken out where it is
-    /// ([`MarkTable::remove_at`]), so the pass reads the table once and
-    /// moves only entries behind one that went. It used to rebuild the
-    /// table whole whenever any went: from a desk's second day on, the
-    /// clean-up then took a sixth of its time, the rebuilds some two
-    /// fifths of that (BENCHMARKS.md, *Marks forgotten where they are*).
-    fn retain_held(&mut self, mut keep: impl FnMut(&Marks) -> bool) {
-        // The least latest time kept, as held: decoding is monotone.
-        let mut oldest = u32::MAX;
         let mut i = 0;
         while i < self.slots.len() {
             let m = self.slots[i];
-            if !m.is_held() {
-                i += 1;
-                continue;
-            }
-            if keep(&m) {
-                oldest = oldest.min(m.latest());
+            if !m.is_held() || keep(&m.times(self.epoch)) {
                 i += 1;
             } else {
                 // Slot `i` now holds the entry moved back into it, if
-                // any: read it next. An entry moved from the table's
-                // start to its end, across the wrap, is read twice,
-                // kept both times.
+                // any: read it next.
                 self.remove_at(i);
             }
         }
-        self.oldest = if self.len == 0 {
-            i64::MAX
-        } else {
-            decode(oldest, self.epoch)
-        };
     }
 
     /// Empties slot `i` by moving back each later entry of its run that
@@ -566,10 +526,9 @@ impl<'de> Deserialize<'de> for MarkTable {
                     len: 0,
                     epoch,
                     far_until: None,
-                    oldest: i64::MIN,
                 };
                 for (customer, times) in read {
-                    let i = table.slot(customer);
+                    let (i, _) = table.slot(customer);
                     table.slots[i] = Marks::new(customer, &times, epoch);
                 }
                 Ok(table)
@@ -586,6 +545,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::engine::hours::Hours;
 
     /// 2026-11-11 00:00 UTC.
     const T: i64 = 1_794_355_200_000;
@@ -699,33 +659,56 @@ mod tests {
         assert_eq!((counted(&t, 3), counted(&t, 4)), (Some(far), Some(T + 5)));
     }
 
+    /// The engine's clean-up of one table: reads each mark listed under
+    /// the hour of `horizon` or before, and lists again what it keeps.
+    fn clean_up(t: &mut MarkTable, hours: &mut Hours<CustIx>, horizon: i64) {
+        for cu in hours.take_due(horizon) {
+            if let Some(ts) = t.forget_if_due(cu, horizon) {
+                hours.list(cu, ts);
+            }
+        }
+    }
+
+    /// [`MarkTable::entry`], listing a new mark under the hour of `ts`
+    /// as the engine does.
+    fn listed_entry<'t>(t: &'t mut MarkTable, hours: &mut Hours<CustIx>, cu: CustIx, ts: i64, now: i64) -> MarkMut<'t> {
+        let m = t.entry(cu, ts, now).1;
+        if m.is_new() {
+            hours.list(cu, ts);
+        }
+        m
+    }
+
     #[test]
     fn the_clean_up_forgets_a_mark_last_touched_at_its_horizon_and_keeps_one_a_ms_later() {
-        let mut t = MarkTable::default();
-        t.entry(1, T, T).1.raise_counted(T);
-        t.entry(2, T + 1, T + 1).1.raise_replied(T + 1);
-        t.entry(3, T + 1, T + 1).1.raise_paid(T + 1);
-        let (_, mut held) = t.entry(4, T, T + 1);
+        let (mut t, mut hours) = (MarkTable::default(), Hours::default());
+        listed_entry(&mut t, &mut hours, 1, T, T).raise_counted(T);
+        listed_entry(&mut t, &mut hours, 2, T, T).raise_replied(T + 1);
+        listed_entry(&mut t, &mut hours, 3, T, T + 1).raise_paid(T + 1);
+        let mut held = listed_entry(&mut t, &mut hours, 4, T, T + 1);
         held.raise_counted(T);
         held.set_held_by(7);
-        t.forget_through(T);
+        clean_up(&mut t, &mut hours, T);
         let mut left: Vec<CustIx> = t.iter().map(|(cu, _)| cu).collect();
         left.sort_unstable();
         assert_eq!(left, [2, 3, 4]);
-        t.forget_through(T + 1);
+        assert_eq!(hours.all(), left, "what is kept is listed again");
+        clean_up(&mut t, &mut hours, T + 1);
         assert_eq!(t.iter().map(|(cu, _)| cu).collect::<Vec<_>>(), [4]);
     }
 
     proptest! {
-        /// A table that skips the clean-up's read while [`MarkTable::oldest`]
-        /// says nothing is old enough forgets exactly what one that always
-        /// reads forgets: marks made, raised and held in any order, late
-        /// ones (stamped before the last clean-up's horizon) among them.
+        /// A table whose clean-up reads only the marks listed under its
+        /// horizon's hour or before forgets exactly what a read of every
+        /// entry forgets: marks made, raised and held in any order, late
+        /// ones (stamped before the last clean-up's horizon) among them,
+        /// under horizons that move by less and more than an hour; and
+        /// every mark stays listed once.
         #[test]
-        fn forgetting_through_a_horizon_forgets_what_a_full_read_forgets(
+        fn forgetting_the_listed_marks_forgets_what_a_full_read_forgets(
             ops in prop::collection::vec((0u32..60, -30 * 3_600_000i64..3_600_000, 0u8..8, 0i64..3_600_000), 0..600)
         ) {
-            let (mut t, mut full) = (MarkTable::default(), MarkTable::default());
+            let (mut t, mut full, mut hours) = (MarkTable::default(), MarkTable::default(), Hours::default());
             let mut now = T;
             for (cu, dt, op, step) in ops {
                 now += step;
@@ -733,15 +716,16 @@ mod tests {
                 match op {
                     0 | 1 => {
                         let horizon = now - LOOKBACK;
-                        t.forget_through(horizon);
+                        clean_up(&mut t, &mut hours, horizon);
                         full.retain(|m| m.held_by != NO_CONVERSATION || m.latest() > horizon);
                     }
                     2 => {
-                        for table in [&mut t, &mut full] {
-                            let mut m = table.entry(cu, ts, now).1;
-                            m.raise(MarkTime::Counted, ts);
-                            m.set_held_by(cu);
-                        }
+                        let mut m = listed_entry(&mut t, &mut hours, cu, ts, now);
+                        m.raise(MarkTime::Counted, ts);
+                        m.set_held_by(cu);
+                        let mut m = full.entry(cu, ts, now).1;
+                        m.raise(MarkTime::Counted, ts);
+                        m.set_held_by(cu);
                     }
                     3 => {
                         for table in [&mut t, &mut full] {
@@ -751,9 +735,8 @@ mod tests {
                         }
                     }
                     _ => {
-                        for table in [&mut t, &mut full] {
-                            table.entry(cu, ts, now).1.raise(MarkTime::Replied, ts);
-                        }
+                        listed_entry(&mut t, &mut hours, cu, ts, now).raise(MarkTime::Replied, ts);
+                        full.entry(cu, ts, now).1.raise(MarkTime::Replied, ts);
                     }
                 }
                 let read = |table: &MarkTable| {
@@ -762,6 +745,7 @@ mod tests {
                     all
                 };
                 prop_assert_eq!(read(&t), read(&full));
+                prop_assert_eq!(hours.all(), read(&t).into_iter().map(|(cu, _)| cu).collect::<Vec<_>>());
             }
         }
 

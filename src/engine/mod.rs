@@ -9,6 +9,7 @@ mod deadlines;
 pub mod dedup;
 pub mod desk;
 mod hist;
+mod hours;
 mod index;
 mod marks;
 mod seen;
@@ -30,11 +31,12 @@ use alerts::{Alert, AlertBook, AlertChange, Reading, Rule, Severity, Thresholds}
 use day::{Calendar, Day};
 use deadlines::Deadlines;
 use dedup::{Dedup, Id, IdKind};
+use hours::Hours;
 use index::{IdIndex, halves, whole};
 use marks::{MarkTable, NO_CONVERSATION};
 use seen::Seen;
 use slab::{Chunks, Flat, Slab};
-use window::{CustomerCounts, HOUR_MS, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
+use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
 
 /// Orders are credited to an agent's message at most this long before, ms.
 pub const ATTRIBUTION_MS: i64 = 24 * 3_600_000;
@@ -650,26 +652,32 @@ impl Partial {
     }
 
     /// Moves the `time` of this partial's mark of the customer of
-    /// conversation `c` to `ts` at least; `a` is this partial's agent, to
-    /// whom `c` is assigned. The first time goes to the partial's table,
-    /// where the conversation takes the mark if no other holds it; later
-    /// ones stay in the conversation. `now` is the engine's.
+    /// conversation `c` to `ts` at least; `c` is assigned to this
+    /// partial's agent. The first time goes to the partial's table (a new
+    /// mark listed in the shop's `hours`), where the conversation takes
+    /// the mark if no other holds it; later ones stay in the
+    /// conversation. `now` is the engine's.
     fn mark(
         &mut self,
         conversations: &mut Slab<Flat<Conversation>>,
+        hours: &mut Hours<(AgentIx, CustIx)>,
         c: ConvIx,
-        a: AgentIx,
         time: MarkTime,
         ts: i64,
         now: i64,
     ) {
         let conversation = &mut conversations[c];
-        debug_assert_eq!(conversation.agent, Some(a));
         if conversation.holds_mark {
             time.advance(&mut conversation.counted, &mut conversation.replied, ts);
             return;
         }
+        let a = conversation
+            .agent
+            .expect("a conversation marked for its agent is assigned");
         let (slot, mut m) = self.marks.entry(conversation.customer, ts, now);
+        if m.is_new() {
+            hours.list((a, conversation.customer), ts);
+        }
         m.raise(time, ts);
         if m.held_by() == NO_CONVERSATION {
             m.set_held_by(c);
@@ -700,6 +708,8 @@ struct Parts<'e> {
     partial: &'e mut Partial,
     /// The conversations of the partial's shop.
     conversations: &'e mut Slab<Flat<Conversation>>,
+    /// The shop's marks by the hour ([`Shop::mark_hours`]).
+    mark_hours: &'e mut Hours<(AgentIx, CustIx)>,
     rules: Rules<'e>,
 }
 
@@ -772,10 +782,9 @@ fn response_ms(start: i64, ts: i64) -> u64 {
     (ts - start).max(0) as u64
 }
 
-/// Lists customer `cu` under the hour of `ts` in [`Shop::customer_hours`].
-fn list_customer(hours: &mut BTreeMap<i64, Vec<CustIx>>, cu: CustIx, ts: i64) {
-    hours.entry(ts.div_euclid(HOUR_MS)).or_default().push(cu);
-}
+/// How many listed marks ahead the hourly clean-up asks for the line it
+/// will read ([`Shop::forget_marks_through`]).
+const MARKS_SWEPT_AHEAD: usize = 8;
 
 /// One shop: its conversations and customers (ids interned to slab
 /// indices on the way in), and the partials of the agents serving it.
@@ -788,14 +797,16 @@ struct Shop {
     conversations: Slab<Flat<Conversation>>,
     customer_ix: IdIndex,
     customers: Slab<Chunks<Customer>>,
-    /// Every customer, listed once, under an hour (ms / [`HOUR_MS`]) no
-    /// later than that of its `last_ts` or than the hour of the last
-    /// clean-up's horizon: a customer's `last_ts` only rises, so each
-    /// clean-up reads only the hours at or before its horizon's, and
-    /// finds every customer it is to forget there. Not stored: listed
-    /// again from the customers on restore.
+    /// Every customer, listed once, under an hour no later than that of
+    /// its `last_ts` or than the hour of the last clean-up's horizon
+    /// ([`hours`]). Not stored: listed again from the customers on restore.
     #[serde(skip)]
-    customer_hours: BTreeMap<i64, Vec<CustIx>>,
+    customer_hours: Hours<CustIx>,
+    /// Every mark of the partials, (agent, customer), listed once under
+    /// an hour no later than that of its latest time or than the hour of
+    /// the last clean-up's horizon. Not stored.
+    #[serde(skip)]
+    mark_hours: Hours<(AgentIx, CustIx)>,
     partials: Map<AgentIx, Partial>,
     queue: Waits,
     /// Shop-level marks: silent orders.
@@ -811,7 +822,8 @@ impl Shop {
             conversations: Slab::default(),
             customer_ix: IdIndex::default(),
             customers: Slab::default(),
-            customer_hours: BTreeMap::new(),
+            customer_hours: Hours::default(),
+            mark_hours: Hours::default(),
             partials: Map::default(),
             queue: Waits::default(),
             samples: Samples::default(),
@@ -864,7 +876,7 @@ impl Shop {
                     open: 0,
                     agent_messages: RecentMessages::default(),
                 });
-                list_customer(&mut self.customer_hours, ix, ts);
+                self.customer_hours.list(ix, ts);
                 self.customer_ix.insert(key, ix);
                 ix
             }
@@ -906,25 +918,36 @@ impl Shop {
     /// it again. Forgotten in index order, as a read of the whole slab
     /// forgot them, so the slab reuses their slots in the same order.
     fn forget_customers_through(&mut self, horizon: i64) {
-        let due_hour = horizon.div_euclid(HOUR_MS);
-        if self.customer_hours.first_key_value().is_none_or(|(&h, _)| h > due_hour) {
-            return;
-        }
-        let later = self.customer_hours.split_off(&(due_hour + 1));
-        let mut due: Vec<CustIx> = std::mem::replace(&mut self.customer_hours, later)
-            .into_values()
-            .flatten()
-            .collect();
-        due.sort_unstable();
-        for cu in due {
+        for cu in self.customer_hours.take_due(horizon) {
             let c = &self.customers[cu];
             if c.last_ts > horizon {
-                list_customer(&mut self.customer_hours, cu, c.last_ts);
+                self.customer_hours.list(cu, c.last_ts);
             } else if c.flagged || c.open > 0 {
-                list_customer(&mut self.customer_hours, cu, horizon);
+                self.customer_hours.list(cu, horizon);
             } else {
                 let c = self.customers.remove(cu).expect("listed customers are live");
                 self.customer_ix.remove(id_key(c.id.as_str()));
+            }
+        }
+    }
+
+    /// Forgets the marks no conversation holds whose latest time is
+    /// `horizon` or before, reading only those listed under its hour or
+    /// before ([`MarkTable::forget_if_due`]), each mark's line asked for
+    /// [`MARKS_SWEPT_AHEAD`] marks before it is read: in sorted order the
+    /// listed marks of a partial come together, but each sits at a
+    /// random line of its table.
+    fn forget_marks_through(&mut self, horizon: i64) {
+        let due = self.mark_hours.take_due(horizon);
+        for (i, &(a, cu)) in due.iter().enumerate() {
+            if let Some(&(ahead, customer)) = due.get(i + MARKS_SWEPT_AHEAD)
+                && let Some(p) = self.partials.get(&ahead)
+            {
+                p.marks.prefetch(customer);
+            }
+            let p = self.partials.get_mut(&a).expect("a listed mark's partial");
+            if let Some(ts) = p.marks.forget_if_due(cu, horizon) {
+                self.mark_hours.list((a, cu), ts);
             }
         }
     }
@@ -1385,13 +1408,21 @@ impl Engine {
                 customers,
                 customer_ix,
                 customer_hours,
+                mark_hours,
+                partials,
                 ..
             } = shop;
             *customer_ix = IdIndex::default();
-            *customer_hours = BTreeMap::new();
+            *customer_hours = Hours::default();
             for (cu, customer) in customers.iter() {
                 customer_ix.insert(key(customer.id.as_str()), cu);
-                list_customer(customer_hours, cu, customer.last_ts);
+                customer_hours.list(cu, customer.last_ts);
+            }
+            *mark_hours = Hours::default();
+            for (&a, p) in partials.iter() {
+                for (cu, m) in p.marks.iter() {
+                    mark_hours.list((a, cu), m.latest());
+                }
             }
             for c in conversations.values_mut() {
                 c.customer_key = halves(key(customers[c.customer].id.as_str()));
@@ -1900,6 +1931,7 @@ impl Engine {
             id: shop,
             partials,
             conversations,
+            mark_hours,
             ..
         } = &mut shops[s as usize];
         let partial = partials.entry(a).or_insert_with(|| {
@@ -1914,6 +1946,7 @@ impl Engine {
         Parts {
             partial,
             conversations,
+            mark_hours,
             rules: Rules {
                 now: *now,
                 s,
@@ -2023,9 +2056,10 @@ impl Engine {
         let Parts {
             partial: p,
             conversations,
+            mark_hours,
             mut rules,
         } = self.parts(s, a);
-        p.mark(conversations, c, a, MarkTime::Counted, ts, rules.now);
+        p.mark(conversations, mark_hours, c, MarkTime::Counted, ts, rules.now);
         if starts {
             p.waits.add(ts);
             if !rules.waiting(p, false) {
@@ -2056,9 +2090,10 @@ impl Engine {
         let Parts {
             partial: p,
             conversations,
+            mark_hours,
             mut rules,
         } = self.parts(s, a);
-        p.mark(conversations, c, a, MarkTime::Replied, ts, rules.now);
+        p.mark(conversations, mark_hours, c, MarkTime::Replied, ts, rules.now);
         let Some((start, first)) = answered else {
             return;
         };
@@ -2107,12 +2142,13 @@ impl Engine {
         let Parts {
             partial: p,
             conversations,
+            mark_hours,
             rules,
         } = self.parts(s, a);
         p.open_conversations += 1;
         if let Some(start) = wait {
             p.waits.add(start);
-            p.mark(conversations, c, a, MarkTime::Counted, ts, rules.now);
+            p.mark(conversations, mark_hours, c, MarkTime::Counted, ts, rules.now);
         }
         if let Some(o) = old {
             self.mark_agent(o);
@@ -2221,8 +2257,17 @@ impl Engine {
             Some((cu, a)) => {
                 self.record(s, Some(a), MarkKind::Order, amount, ts);
                 self.shops[s as usize].touch_customer(cu, ts);
-                let now = self.now;
-                self.partial(s, a).marks.entry(cu, ts, now).1.raise_paid(ts);
+                let Parts {
+                    partial,
+                    mark_hours,
+                    rules,
+                    ..
+                } = self.parts(s, a);
+                let (_, mut m) = partial.marks.entry(cu, ts, rules.now);
+                if m.is_new() {
+                    mark_hours.list((a, cu), ts);
+                }
+                m.raise_paid(ts);
             }
             None => self.record(s, None, MarkKind::SilentOrder, amount, ts),
         }
@@ -2296,8 +2341,8 @@ impl Engine {
                 self.close(s, id_key(conv.as_str()));
             }
             let shop = &mut self.shops[s as usize];
+            shop.forget_marks_through(horizon);
             for p in shop.partials.values_mut() {
-                p.marks.forget_through(horizon);
                 p.samples.prune(now);
             }
             // Every mark's time is at most its customer's `last_ts`, so no
@@ -2655,10 +2700,17 @@ impl Engine {
                 assert_eq!(c.open, open.get(&cu).copied().unwrap_or(0), "open count of {}", c.id);
                 assert_eq!(shop.customer_ix.get(id_key(c.id.as_str())), Some(cu));
             }
-            let mut listed: Vec<CustIx> = shop.customer_hours.values().flatten().copied().collect();
-            listed.sort_unstable();
             let live: Vec<CustIx> = shop.customers.iter().map(|(cu, _)| cu).collect();
-            assert_eq!(listed, live, "every live customer listed once by hour");
+            assert_eq!(
+                shop.customer_hours.all(),
+                live,
+                "every live customer listed once by hour"
+            );
+            let mut marks: Vec<(AgentIx, CustIx)> = (shop.partials.iter())
+                .flat_map(|(&a, p)| p.marks.iter().map(move |(cu, _)| (a, cu)))
+                .collect();
+            marks.sort_unstable();
+            assert_eq!(shop.mark_hours.all(), marks, "every mark listed once by hour");
             for (&a, p) in &shop.partials {
                 for (cu, m) in p.marks.iter() {
                     assert!(shop.customers.get(cu).is_some(), "a mark names a dead customer slot");
