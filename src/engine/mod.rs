@@ -33,7 +33,7 @@ use deadlines::Deadlines;
 use dedup::{Dedup, Id, IdKind};
 use hours::Hours;
 use index::{IdIndex, halves, whole};
-use marks::{MarkTable, NO_CONVERSATION};
+use marks::{MarkMut, MarkTable, NO_CONVERSATION};
 use seen::Seen;
 use slab::{Chunks, Flat, Slab};
 use window::{CustomerCounts, Mark, MarkKind, Range, Samples, Window, WindowAcc, WindowMetrics};
@@ -674,16 +674,31 @@ impl Partial {
         let a = conversation
             .agent
             .expect("a conversation marked for its agent is assigned");
-        let (slot, mut m) = self.marks.entry(conversation.customer, ts, now);
-        if m.is_new() {
-            hours.list((a, conversation.customer), ts);
-        }
+        let (slot, mut m) = self.mark_entry(hours, a, conversation.customer, ts, now);
         m.raise(time, ts);
         if m.held_by() == NO_CONVERSATION {
             m.set_held_by(c);
             conversation.holds_mark = true;
             conversation.mark_slot = slot;
         }
+    }
+
+    /// This partial's mark of customer `cu`, as [`MarkTable::entry`]; a
+    /// new one is listed in the shop's `hours` under `ts`, as (`a`, `cu`),
+    /// `a` being this partial's agent.
+    fn mark_entry(
+        &mut self,
+        hours: &mut Hours<(AgentIx, CustIx)>,
+        a: AgentIx,
+        cu: CustIx,
+        ts: i64,
+        now: i64,
+    ) -> (u32, MarkMut<'_>) {
+        let (slot, m) = self.marks.entry(cu, ts, now);
+        if m.is_new() {
+            hours.list((a, cu), ts);
+        }
+        (slot, m)
     }
 
     fn new(thresholds: Thresholds) -> Self {
@@ -2263,11 +2278,7 @@ impl Engine {
                     rules,
                     ..
                 } = self.parts(s, a);
-                let (_, mut m) = partial.marks.entry(cu, ts, rules.now);
-                if m.is_new() {
-                    mark_hours.list((a, cu), ts);
-                }
-                m.raise_paid(ts);
+                partial.mark_entry(mark_hours, a, cu, ts, rules.now).1.raise_paid(ts);
             }
             None => self.record(s, None, MarkKind::SilentOrder, amount, ts),
         }
