@@ -801,6 +801,10 @@ fn response_ms(start: i64, ts: i64) -> u64 {
 /// will read ([`Shop::forget_marks_through`]).
 const MARKS_SWEPT_AHEAD: usize = 8;
 
+/// How many forgotten customers ahead the hourly clean-up asks for the
+/// index slot it will empty ([`Shop::forget_customers_through`]).
+const CUSTOMERS_SWEPT_AHEAD: usize = 8;
+
 /// One shop: its conversations and customers (ids interned to slab
 /// indices on the way in), and the partials of the agents serving it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -932,7 +936,13 @@ impl Shop {
     /// (open or flagged) under the horizon's, so the next clean-up reads
     /// it again. Forgotten in index order, as a read of the whole slab
     /// forgot them, so the slab reuses their slots in the same order.
+    ///
+    /// The listed customers of an hour came in together and sit near each
+    /// other in the slab, but each one's slot of the index is at a random
+    /// line of it: so the index is emptied after the slab, each slot
+    /// asked for [`CUSTOMERS_SWEPT_AHEAD`] customers before it is read.
     fn forget_customers_through(&mut self, horizon: i64) {
+        let mut gone: Vec<IdKey> = Vec::new();
         for cu in self.customer_hours.take_due(horizon) {
             let c = &self.customers[cu];
             if c.last_ts > horizon {
@@ -941,8 +951,14 @@ impl Shop {
                 self.customer_hours.list(cu, horizon);
             } else {
                 let c = self.customers.remove(cu).expect("listed customers are live");
-                self.customer_ix.remove(id_key(c.id.as_str()));
+                gone.push(id_key(c.id.as_str()));
             }
+        }
+        for (i, &key) in gone.iter().enumerate() {
+            if let Some(&ahead) = gone.get(i + CUSTOMERS_SWEPT_AHEAD) {
+                self.customer_ix.prefetch(ahead);
+            }
+            self.customer_ix.remove(key);
         }
     }
 

@@ -1212,6 +1212,12 @@ proptest::proptest! {
             held.sort();
             proptest::prop_assert_eq!(held, model.keys().cloned().collect::<Vec<_>>());
             proptest::prop_assert_eq!(shop.customer_hours.all(), shop.customers.iter().map(|(cu, _)| cu).collect::<Vec<_>>());
+            // The index names exactly the customers held, each at its slot.
+            for who in 0..12 {
+                let id = format!("u{who}");
+                let found = shop.customer_ix.get(id_key(&id)).map(|cu| shop.customers[cu].id.as_str().to_owned());
+                proptest::prop_assert_eq!(found, model.contains_key(&id).then_some(id));
+            }
         }
     }
 }
