@@ -1706,7 +1706,7 @@ impl Engine {
     ///
     /// On a transfer, also the line the customer's mark is looked up from
     /// in the table of the agent taking the conversation, which the event
-    /// marks (a tenth of the day-two profile's probe misses before).
+    /// marks (a quarter of the mark probes' samples on a second day before).
     fn fetch_marks(&self, event: &Event, a: &Ahead) {
         let Some(s) = a.shop else { return };
         let shop = &self.shops[s as usize];
