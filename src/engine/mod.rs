@@ -797,13 +797,11 @@ fn response_ms(start: i64, ts: i64) -> u64 {
     (ts - start).max(0) as u64
 }
 
-/// How many listed marks ahead the hourly clean-up asks for the line it
-/// will read ([`Shop::forget_marks_through`]).
-const MARKS_SWEPT_AHEAD: usize = 8;
-
-/// How many forgotten customers ahead the hourly clean-up asks for the
-/// index slot it will empty ([`Shop::forget_customers_through`]).
-const CUSTOMERS_SWEPT_AHEAD: usize = 8;
+/// How many marks or customers ahead the hourly clean-up asks for the
+/// line it will read at a random place of a big table: a mark's line of
+/// its table ([`Shop::forget_marks_through`]), a forgotten customer's
+/// slot of the index ([`Shop::forget_customers_through`]).
+const SWEPT_AHEAD: usize = 8;
 
 /// One shop: its conversations and customers (ids interned to slab
 /// indices on the way in), and the partials of the agents serving it.
@@ -940,7 +938,7 @@ impl Shop {
     /// The listed customers of an hour came in together and sit near each
     /// other in the slab, but each one's slot of the index is at a random
     /// line of it: so the index is emptied after the slab, each slot
-    /// asked for [`CUSTOMERS_SWEPT_AHEAD`] customers before it is read.
+    /// asked for [`SWEPT_AHEAD`] customers before it is read.
     fn forget_customers_through(&mut self, horizon: i64) {
         let mut gone: Vec<IdKey> = Vec::new();
         for cu in self.customer_hours.take_due(horizon) {
@@ -955,7 +953,7 @@ impl Shop {
             }
         }
         for (i, &key) in gone.iter().enumerate() {
-            if let Some(&ahead) = gone.get(i + CUSTOMERS_SWEPT_AHEAD) {
+            if let Some(&ahead) = gone.get(i + SWEPT_AHEAD) {
                 self.customer_ix.prefetch(ahead);
             }
             self.customer_ix.remove(key);
@@ -965,13 +963,13 @@ impl Shop {
     /// Forgets the marks no conversation holds whose latest time is
     /// `horizon` or before, reading only those listed under its hour or
     /// before ([`MarkTable::forget_if_due`]), each mark's line asked for
-    /// [`MARKS_SWEPT_AHEAD`] marks before it is read: in sorted order the
+    /// [`SWEPT_AHEAD`] marks before it is read: in sorted order the
     /// listed marks of a partial come together, but each sits at a
     /// random line of its table.
     fn forget_marks_through(&mut self, horizon: i64) {
         let due = self.mark_hours.take_due(horizon);
         for (i, &(a, cu)) in due.iter().enumerate() {
-            if let Some(&(ahead, customer)) = due.get(i + MARKS_SWEPT_AHEAD)
+            if let Some(&(ahead, customer)) = due.get(i + SWEPT_AHEAD)
                 && let Some(p) = self.partials.get(&ahead)
             {
                 p.marks.prefetch(customer);
