@@ -49,7 +49,10 @@ impl<T: Copy + Ord> Hours<T> {
             Some((latest, _)) if *latest > hour => self.earlier.entry(hour).or_default().push(item),
             _ => {
                 if let Some((h, items)) = self.latest.replace((hour, vec![item])) {
-                    self.earlier.entry(h).or_default().extend(items);
+                    // Every earlier hour is before the latest, so `h` is
+                    // none of them: its list moves over whole.
+                    let before = self.earlier.insert(h, items);
+                    debug_assert!(before.is_none(), "an earlier hour at or after the latest");
                 }
             }
         }
